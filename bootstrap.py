@@ -51,7 +51,7 @@ def run(cmd: list[str], env: dict[str, str] | None = None) -> None:
 
 def setup(venv_dir: Path | None) -> Path:
     """Create the environment if needed and install the course into it; return its python."""
-    if sys.version_info < (3, 11):
+    if sys.version_info < (3, 11):  # noqa: UP036 (bootstrap may run on an older python3)
         sys.exit(f"bootstrap.py needs Python 3.11 or newer; this is {sys.version.split()[0]}. "
                  "Run it with python3.11.")
     if venv_dir is None:

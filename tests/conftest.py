@@ -1,0 +1,41 @@
+"""Shared fixtures: d2l as a reference, the ../shared corpus, and the repository root."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_dir() -> Path:
+    """``$COURSE_SHARED_DIR`` if set, else ``../shared`` beside the repository."""
+    return Path(os.environ.get("COURSE_SHARED_DIR", ROOT.parent / "shared"))
+
+
+def shared_fra_txt() -> Path:
+    return shared_dir() / "data" / "fra-eng" / "fra.txt"
+
+
+@pytest.fixture(scope="session")
+def fra_txt() -> Path:
+    """The Tatoeba corpus in ../shared; tests using it skip with a reason where it is absent."""
+    path = shared_fra_txt()
+    if not path.is_file():
+        pytest.skip(f"needs the shared corpus at {path} (../shared is absent on this machine)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def d2l():
+    """d2l.torch, loaded through course_lib.compat (torchvision stand-in where needed)."""
+    from course_lib.compat import load_d2l
+
+    return load_d2l()
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return ROOT
