@@ -1,0 +1,1 @@
+"""Sequence-to-sequence models sharing one interface (see ``base.py``): RNN and Transformer."""

@@ -1,0 +1,94 @@
+"""The one interface every encoder-decoder of the course implements.
+
+One training loop (``course_lib.training``) and one set of decoders (``course_lib.decoding``)
+serve the GRU, Bahdanau and Transformer models alike because each of them offers:
+
+- ``forward(src, src_valid_len, dec_input) -> logits`` (B, T_tgt, V): teacher forcing, all
+  target positions at once;
+- ``encode(src, src_valid_len) -> DecoderState``: run the encoder once and return everything
+  the decoder needs to start;
+- ``decode(dec_input, state) -> (logits, state)``: feed the next ``T`` decoder tokens
+  (B, T) and get their logits (B, T, V) and the updated state. Decoding token by token with
+  ``decode`` gives the same logits as ``forward`` on the whole sequence.
+
+A ``DecoderState`` holds tensors whose batch dimension can be reordered, so beam search can
+keep, drop and duplicate hypotheses with ``state.reorder(index)``.
+
+Notation: B batch · T time · V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+from torch import nn
+
+__all__ = ["DecoderState", "EncoderDecoder"]
+
+
+@dataclasses.dataclass
+class DecoderState:
+    """What a decoder carries from one step to the next; subclasses add their own fields.
+
+    ``batch_dims`` maps a field name to the dimension that indexes the batch in it (default 0;
+    e.g. 1 for a GRU hidden state of shape (num_layers, B, H)). Fields that are lists or tuples
+    of tensors (per-layer caches) are reordered element by element; None is left alone.
+    """
+
+    def batch_dim(self, name: str) -> int:
+        return getattr(self, "batch_dims", {}).get(name, 0)
+
+    def reorder(self, index: torch.Tensor) -> DecoderState:
+        """A new state whose row i is this state's row ``index[i]`` (beam search bookkeeping)."""
+        changes = {}
+        for field in dataclasses.fields(self):
+            if field.name == "batch_dims":
+                continue
+            changes[field.name] = _select(getattr(self, field.name), index,
+                                          self.batch_dim(field.name))
+        return dataclasses.replace(self, **changes)
+
+
+def _select(value: Any, index: torch.Tensor, dim: int) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.index_select(dim, index)
+    if isinstance(value, list | tuple):
+        return type(value)(_select(v, index, dim) for v in value)
+    if isinstance(value, dict):
+        return {k: _select(v, index, dim) for k, v in value.items()}
+    return value  # ints, None, configuration
+
+
+class EncoderDecoder(nn.Module):
+    """Base class: subclasses implement ``encode`` and ``decode``; ``forward`` is shared."""
+
+    def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> DecoderState:
+        raise NotImplementedError
+
+    def decode(self, dec_input: torch.Tensor,
+               state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        raise NotImplementedError
+
+    def forward(self, src: torch.Tensor, src_valid_len: torch.Tensor,
+                dec_input: torch.Tensor) -> torch.Tensor:
+        """Logits (B, T_tgt, V) for every target position, given the whole decoder input."""
+        _check_batch(src, src_valid_len, dec_input)
+        logits, _ = self.decode(dec_input, self.encode(src, src_valid_len))
+        return logits
+
+
+def _check_batch(src: torch.Tensor, src_valid_len: torch.Tensor,
+                 dec_input: torch.Tensor) -> None:
+    """ValueError naming expected and actual shapes for the usual mistakes."""
+    if src.dim() != 2:
+        raise ValueError(f"src must be (B, T_src) token ids, got shape {tuple(src.shape)}")
+    if dec_input.dim() != 2:
+        raise ValueError(f"dec_input must be (B, T_tgt) token ids, got {tuple(dec_input.shape)}")
+    if src_valid_len.shape != src.shape[:1]:
+        raise ValueError(f"src_valid_len must be (B,) = ({src.shape[0]},), "
+                         f"got {tuple(src_valid_len.shape)}")
+    if dec_input.shape[0] != src.shape[0]:
+        raise ValueError(f"src and dec_input batch sizes differ: {src.shape[0]} vs "
+                         f"{dec_input.shape[0]}")
