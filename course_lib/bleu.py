@@ -2,7 +2,7 @@
 
 Two flavours live here:
 
-* :func:`d2l_bleu` is the classroom formula of *Dive into Deep Learning* (section 10.7),
+* :func:`d2l_bleu` is the classroom formula of *Dive into Deep Learning* (its seq2seq section),
 
       exp(min(0, 1 - len_label / len_pred)) * prod_{n=1..k} p_n ** (1 / 2**n),
 
@@ -58,7 +58,7 @@ __all__ = [
 # Smoothing methods and their default smoothing values (Chen & Cherry, 2014):
 # "none" adds nothing, "floor" gives a zero precision the count `smooth_value` (0.1) instead,
 # "add-k" adds `smooth_value` (1) to the counts of every order above 1, and "exp" (mteval's
-# method) gives the k-th order with no match the count 1 / 2**k.
+# method) gives the k-th order that has no match the count 1 / 2**k.
 _SMOOTH_DEFAULTS: dict[str, float | None] = {"none": None, "floor": 0.1, "add-k": 1, "exp": None}
 SMOOTH_METHODS: tuple[str, ...] = tuple(_SMOOTH_DEFAULTS)
 TOKENIZERS: tuple[str, ...] = ("13a", "none")
@@ -83,7 +83,7 @@ def d2l_bleu(pred_seq: str, label_seq: str, k: int) -> float:
         label_ngrams = ngram_counts(label_tokens, n)
         # `&` keeps each n-gram with the smaller of its two counts: the clipped matches.
         num_matches = sum((pred_ngrams & label_ngrams).values())
-        # Longer n-grams get more weight: p_n ** (1 / 2**n) is closer to 1 for a larger n.
+        # Order n enters with the exponent 1 / 2**n.
         score *= math.pow(num_matches / (len_pred - n + 1), math.pow(0.5, n))
     return score
 
@@ -92,38 +92,47 @@ def d2l_bleu(pred_seq: str, label_seq: str, k: int) -> float:
 # Tokenisation: mteval-v13a, as sacreBLEU implements it
 # --------------------------------------------------------------------------------------------
 
-# Each of these ASCII characters becomes a token of its own: " ( " for "(", and so on. They are
-# the characters of sacreBLEU's class [\{-\~\[-\` -\&\(-\+\:-\@\/] except the space, which that
-# regex also pads (" " -> "   "). Leaving spaces alone changes only how many spaces separate
-# two tokens: none of the later steps matches two spaces in a row, so each sees the same
-# matches, and the final split on whitespace gives the same tokens.
+# mteval-v13a's rules, in sacreBLEU's order. sacreBLEU runs four regular expressions over every
+# line; the same steps are written here so that each is skipped when it cannot change the
+# line, and done with plain string methods where that gives the same tokens.
+
+# Step 1: each of these ASCII symbols becomes a token of its own ("(" -> " ( "). sacreBLEU's
+# class [\{-\~\[-\` -\&\(-\+\:-\@\/] also holds the space (" " -> "   "); leaving spaces
+# alone only changes how many spaces separate two tokens, and no later step matches two
+# spaces in a row, so each finds the same matches and the final split gives the same tokens.
 _SYMBOLS = '!"#$%&()*+/:;<=>?@[\\]^_`{|}~'
+_SYMBOL = re.compile(f"[{re.escape(_SYMBOLS)}]")
 _PAD_SYMBOLS = str.maketrans({symbol: f" {symbol} " for symbol in _SYMBOLS})
-# A period or comma is split off unless it is preceded by a digit ...
+# Step 2 splits off a period or comma that follows a non-digit, and step 3 one that precedes
+# a non-digit, so only one between two digits stays put: "3.5" and "1,000" remain numbers.
 _PERIOD_COMMA_AFTER_NON_DIGIT = re.compile(r"([^0-9])([\.,])")
-# ... or followed by one, so "3.5" and "1,000" stay whole numbers,
 _PERIOD_COMMA_BEFORE_NON_DIGIT = re.compile(r"([\.,])([^0-9])")
-# and a dash is split off after a digit: "1-2" becomes "1 - 2".
-_DASH_AFTER_DIGIT = re.compile(r"([0-9])(-)")
-# A line with none of these characters comes out of the steps above as it went in, apart
-# from whitespace; "<skipped>", "-\n" and the HTML entities all contain one of them too.
-_CHARACTERS_13A_TOUCHES = frozenset(_SYMBOLS + ".,-")
+# Step 4: a dash after a digit becomes a token: "1-2" -> "1 - 2". sacreBLEU writes this as
+# ([0-9])(-) -> "\1 \2 "; a match can never overlap another, so a lookbehind does the same.
+_DASH_AFTER_DIGIT = re.compile(r"(?<=[0-9])-")
+_DIGIT = re.compile(r"[0-9]")
 
 
 def _tokens_13a(line: str) -> list[str]:
     """Split a line into tokens with mteval-v13a's rules (the list behind tokenize_13a)."""
-    if _CHARACTERS_13A_TOUCHES.isdisjoint(line):
-        return line.split()  # fast path: only whitespace to normalise ("\n" is whitespace)
     line = line.replace("<skipped>", "").replace("-\n", "").replace("\n", " ")
     if "&" in line:
         line = line.replace("&quot;", '"').replace("&amp;", "&")
         line = line.replace("&lt;", "<").replace("&gt;", ">")
-    line = f" {line} ".translate(_PAD_SYMBOLS)
-    if "." in line or "," in line:  # the two regexes can only match a period or a comma
-        line = _PERIOD_COMMA_AFTER_NON_DIGIT.sub(r"\1 \2 ", line)
-        line = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", line)
-    if "-" in line:
-        line = _DASH_AFTER_DIGIT.sub(r"\1 \2 ", line)
+    if _SYMBOL.search(line):
+        line = line.translate(_PAD_SYMBOLS)
+    has_digit = _DIGIT.search(line) is not None
+    if "." in line or "," in line:
+        if has_digit:
+            # The padding gives a period or comma at either end a neighbour, as in sacreBLEU.
+            line = _PERIOD_COMMA_AFTER_NON_DIGIT.sub(r"\1 \2 ", f" {line} ")
+            line = _PERIOD_COMMA_BEFORE_NON_DIGIT.sub(r" \1 \2", line)
+        else:
+            # Without digits, steps 2 and 3 together split off every period and comma (one in
+            # a run like "..." that step 2 skips is preceded by a space and step 3 takes it).
+            line = line.replace(".", " . ").replace(",", " , ")
+    if has_digit and "-" in line:
+        line = _DASH_AFTER_DIGIT.sub(" - ", line)
     return line.split()
 
 
@@ -137,14 +146,6 @@ def tokenize_13a(line: str) -> str:
 # --------------------------------------------------------------------------------------------
 # The pieces of BLEU
 # --------------------------------------------------------------------------------------------
-
-
-def _ngrams(tokens: list[str], n: int) -> list:
-    """List the n-grams of a token list in order (plain tokens for n = 1, else tuples)."""
-    if n == 1:
-        return tokens
-    # zip(tokens, tokens[1:], tokens[2:]) yields the trigrams, and so on.
-    return list(zip(*(tokens[i:] for i in range(n)), strict=False))
 
 
 def ngram_counts(tokens: list[str], n: int) -> Counter:
@@ -318,9 +319,22 @@ def _reference_lists(
     return ref_lists
 
 
-def _repeat_count(ngram, ngram_lists: Sequence[list]) -> int:
-    """Return how often the n-gram occurs in the list that has it most often."""
-    return max(ngrams.count(ngram) for ngrams in ngram_lists)
+def _ngram_list(tokens: list[str], n: int) -> list:
+    """List the n-grams of tokens in order: the tokens themselves for n = 1, else tuples."""
+    return tokens if n == 1 else list(zip(*(tokens[i:] for i in range(n)), strict=False))
+
+
+def _repeat_bonus(hyp: list[str], refs: list[list[str]], n: int, shared: set) -> int:
+    """Return the matches beyond one per shared n-gram: those repeated on both sides."""
+    hyp_ngrams = _ngram_list(hyp, n)
+    ref_ngram_lists = [_ngram_list(ref, n) for ref in refs]
+    bonus = 0
+    for ngram in shared:
+        times = hyp_ngrams.count(ngram)
+        if times > 1:
+            most_in_one_ref = max(ref_ngrams.count(ngram) for ref_ngrams in ref_ngram_lists)
+            bonus += min(times, most_in_one_ref) - 1
+    return bonus
 
 
 def _add_segment_stats(
@@ -328,49 +342,47 @@ def _add_segment_stats(
 ) -> int:
     """Add one sentence's clipped matches and n-gram totals in place; return its ref length.
 
-    This is clipped_matches for every order at once, made fast with sets: if neither the
-    hypothesis nor the references repeat an n-gram, the clipped matches are simply the n-grams
-    they share. Only repeats on both sides need counting.
+    This is clipped_matches for every order at once, made fast with sets: each distinct
+    n-gram the hypothesis shares with a reference is one match, and only an n-gram that
+    repeats in the hypothesis and in a reference can earn more (see _repeat_bonus).
     """
     hyp_len = len(hyp)
-    ref_lens = [len(ref) for ref in refs]
     top_order = min(max_order, hyp_len)
     for n in range(1, top_order + 1):
         totals[n - 1] += hyp_len - n + 1
-    if len(refs) == 1 and hyp == refs[0]:  # a perfect hypothesis matches every n-gram
-        for n in range(1, top_order + 1):
-            counts[n - 1] += hyp_len - n + 1
-        return hyp_len
-
     # hyp_shifts[i] is hyp[i:], so that zip(*hyp_shifts[:n]) yields the n-grams of hyp.
     hyp_shifts = [hyp[i:] for i in range(top_order)]
-    ref_shifts = [[ref[i:] for i in range(top_order)] for ref in refs]
+    single_ref = len(refs) == 1
+    if single_ref:  # the common case, kept free of the loops over references
+        ref = refs[0]
+        ref_len = len(ref)
+        ref_shifts = [ref[i:] for i in range(top_order)]
+    else:
+        ref_len = closest_ref_length(hyp_len, [len(ref) for ref in refs])
+        ref_shifts_list = [[ref[i:] for i in range(top_order)] for ref in refs]
+
     for n in range(1, top_order + 1):
-        hyp_ngrams = hyp_shifts[0] if n == 1 else list(zip(*hyp_shifts[:n], strict=False))
-        ref_ngram_lists = [
-            shifts[0] if n == 1 else list(zip(*shifts[:n], strict=False)) for shifts in ref_shifts
-        ]
-        hyp_set = set(hyp_ngrams)
-        ref_sets = [set(ngrams) for ngrams in ref_ngram_lists]
-        shared = (
-            hyp_set.intersection(*ref_sets)
-            if len(ref_sets) == 1
-            else hyp_set.intersection(set().union(*ref_sets))
-        )
+        hyp_set = set(hyp) if n == 1 else set(zip(*hyp_shifts[:n], strict=False))
+        if single_ref:
+            ref_set = set(ref) if n == 1 else set(zip(*ref_shifts[:n], strict=False))
+            ref_repeats = len(ref_set) < ref_len - n + 1
+        else:
+            ref_sets = [
+                set(ref) if n == 1 else set(zip(*shifts[:n], strict=False))
+                for ref, shifts in zip(refs, ref_shifts_list, strict=True)
+            ]
+            ref_set = set().union(*ref_sets)  # n-grams found in any reference
+            ref_repeats = any(
+                len(ngrams) < len(ref) - n + 1 for ngrams, ref in zip(ref_sets, refs, strict=True)
+            )
+        shared = hyp_set & ref_set
         matches = len(shared)
         if matches == 0:
             break  # an n-gram can only match if its first n - 1 tokens do, so none longer can
-        hyp_repeats = len(hyp_set) < len(hyp_ngrams)
-        ref_repeats = any(
-            len(s) < len(ngrams) for s, ngrams in zip(ref_sets, ref_ngram_lists, strict=True)
-        )
-        if hyp_repeats and ref_repeats:  # clip: credit each shared n-gram min(hyp, ref) times
-            for ngram in shared:
-                matches += min(hyp_ngrams.count(ngram), _repeat_count(ngram, ref_ngram_lists)) - 1
+        if ref_repeats and len(hyp_set) < hyp_len - n + 1:
+            matches += _repeat_bonus(hyp, refs, n, shared)
         counts[n - 1] += matches
-    if len(refs) == 1:
-        return ref_lens[0]
-    return closest_ref_length(hyp_len, ref_lens)
+    return ref_len
 
 
 def corpus_bleu_stats(
@@ -389,16 +401,9 @@ def corpus_bleu_stats(
     ref_lists = _reference_lists(hypotheses, references)
     split: Callable[[str], list[str]] = _tokens_13a if tokenize == "13a" else str.split
 
-    # Corpora repeat lines ("Thank you ."), so each distinct line is tokenised once.
-    cache: dict[str, list[str]] = {}
-
     def tokens_of(line: str) -> list[str]:
-        tokens = cache.get(line)
-        if tokens is None:
-            # Lowercase first, then drop trailing whitespace, then tokenise, as sacreBLEU does.
-            text = line.lower() if lowercase else line
-            tokens = cache[line] = split(text.rstrip())
-        return tokens
+        """Lowercase (if asked), drop trailing whitespace, then tokenise, as sacreBLEU does."""
+        return split((line.lower() if lowercase else line).rstrip())
 
     counts = [0] * max_order
     totals = [0] * max_order
@@ -460,6 +465,8 @@ def sentence_bleu(
         raise TypeError(f"hypothesis must be a str, got {type(hypothesis).__name__}")
     if isinstance(references, str) or not isinstance(references, Sequence):
         raise TypeError("references must be a list of reference strings, e.g. ['a reference']")
+    if not references:
+        raise ValueError("references is empty: sentence_bleu needs at least one reference")
     return corpus_bleu(
         [hypothesis],
         [references],
