@@ -1,0 +1,82 @@
+"""The book's decoders written from its description (course_lib.d2l_book) behave as the book's."""
+
+import pytest
+import torch
+
+from course_lib.d2l_book import d2l_seq2seq_gru, d2l_transformer
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def step_by_step(model, src, src_valid_len, dec_input):
+    """Logits from feeding the decoder one token at a time, as predict_step does."""
+    state = model.decoder.init_state(model.encoder(src, src_valid_len), src_valid_len)
+    outputs = []
+    for t in range(dec_input.shape[1]):
+        logits, state = model.decoder(dec_input[:, t:t + 1], state)
+        outputs.append(logits)
+    return torch.cat(outputs, dim=1)
+
+
+def batch(seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    src = torch.randint(3, 30, (3, 7), generator=generator)
+    dec_input = torch.randint(3, 40, (3, 6), generator=generator)
+    return src, torch.tensor([7, 5, 2]), dec_input
+
+
+def test_transformer_with_fixed_positions_decodes_incrementally_like_its_forward():
+    torch.manual_seed(0)
+    model = d2l_transformer(30, 40, dropout=0.0, fix_positions=True)
+    src, src_valid_len, dec_input = batch()
+    model.train()  # the book's decoder applies its causal mask only in training mode
+    full = model(src, dec_input, src_valid_len)
+    model.eval()
+    with torch.no_grad():
+        incremental = step_by_step(model, src, src_valid_len, dec_input)
+    torch.testing.assert_close(incremental, full.detach(), rtol=0, atol=1e-5)
+
+
+def test_book_transformer_gives_every_step_position_zero():
+    """The book's decoder adds P[:, :1] at every prediction step: its incremental logits differ
+    from its own training-time forward after the first step, and equal a decoder that is fed
+    position 0's encoding each time."""
+    torch.manual_seed(0)
+    book = d2l_transformer(30, 40, dropout=0.0)
+    src, src_valid_len, dec_input = batch()
+    book.train()
+    full = book(src, dec_input, src_valid_len).detach()
+    book.eval()
+    with torch.no_grad():
+        incremental = step_by_step(book, src, src_valid_len, dec_input)
+    torch.testing.assert_close(incremental[:, 0], full[:, 0], rtol=0, atol=1e-5)
+    assert (incremental[:, 1:] - full[:, 1:]).abs().max() > 1e-3
+
+
+def test_gru_decoder_concatenates_context_and_decodes_incrementally():
+    torch.manual_seed(0)
+    model = d2l_seq2seq_gru(30, 40, embed_size=16, num_hiddens=24, num_layers=2,
+                            dropout=0.0).eval()
+    src, src_valid_len, dec_input = batch()
+    with torch.no_grad():
+        full = model(src, dec_input, src_valid_len)
+        incremental = step_by_step(model, src, src_valid_len, dec_input)
+    assert full.shape == (3, 6, 40)
+    assert model.decoder.rnn.rnn.input_size == 16 + 24  # embedding ++ context (d2l.GRU wraps nn.GRU)
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-5)
+
+
+def test_predict_step_runs_every_step():
+    torch.manual_seed(0)
+    model = d2l_transformer(30, 40, num_hiddens=32, ffn_num_hiddens=16).eval()
+    src, src_valid_len, dec_input = batch()
+    dec_input[:, 0] = 1  # <bos>
+    with torch.no_grad():
+        tokens, _ = model.predict_step((src, dec_input, src_valid_len, dec_input), "cpu", 9)
+    assert tokens.shape == (3, 9)
