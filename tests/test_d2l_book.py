@@ -68,7 +68,7 @@ def test_gru_decoder_concatenates_context_and_decodes_incrementally():
         full = model(src, dec_input, src_valid_len)
         incremental = step_by_step(model, src, src_valid_len, dec_input)
     assert full.shape == (3, 6, 40)
-    assert model.decoder.rnn.rnn.input_size == 16 + 24  # embedding ++ context (d2l.GRU wraps nn.GRU)
+    assert model.decoder.rnn.rnn.input_size == 16 + 24  # embedding ++ context
     torch.testing.assert_close(incremental, full, rtol=0, atol=1e-5)
 
 
