@@ -1,0 +1,256 @@
+"""Decoding: turn an encoder-decoder's next-token distributions into output sentences.
+
+# B batch · K beam_size · T time · V target vocabulary size
+
+Every decoder here drives a model through the interface of ``course_lib.models.base``: it calls
+``encode`` once, then ``decode`` with only the newly chosen tokens (B, 1) and the carried state,
+so RNN hidden states and the Transformer's key/value cache are reused, never recomputed.
+
+- **Greedy** takes the most likely token at every step. Fast and deterministic, but the best
+  *next* token need not start the best *sentence*, and an early choice is never undone.
+- **Beam search** keeps the ``beam_size`` most likely prefixes (hypotheses) of every sentence,
+  extends each by every token and keeps the best ``beam_size`` again. A hypothesis that emits
+  ``<eos>`` leaves the beam as a finished one. Every token adds a negative log-probability, so
+  raw scores favour short outputs; length normalisation ranks by ``log p / length ** alpha``
+  instead (``alpha = length_penalty``). ``beam_size=1`` is exactly greedy decoding.
+- **Sampling** draws every token from the model's distribution, sharpened (temperature < 1) or
+  flattened (> 1) by dividing the logits by a temperature, optionally cut to the ``top_k`` most
+  likely tokens. Varied outputs (back-translation, data augmentation) at the price of odd words.
+
+A sentence stops at its first ``<eos>``: later positions hold ``<pad>`` and count for nothing.
+
+    result = beam_search(model, src, src_valid_len, beam_size=4, max_len=20)
+    result.to_sentences(data.tgt_vocab)   # or simply: translate(model, data, ["go ."])
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Callable, Iterator
+
+import torch
+from torch import nn
+
+from course_lib.data.translation import TranslationData
+from course_lib.data.vocab import Vocab
+
+__all__ = ["Hypothesis", "DecodeResult", "greedy_decode", "beam_search", "sample_decode",
+           "translate"]
+
+
+@dataclasses.dataclass
+class Hypothesis:
+    """One finished beam-search hypothesis."""
+
+    tokens: list[int]  # output ids, ending in <eos> unless max_len cut it
+    log_prob: float    # sum of the model's log-probabilities of these tokens
+    score: float       # log_prob / len(tokens) ** length_penalty: what beam search ranks by
+
+
+@dataclasses.dataclass
+class DecodeResult:
+    """Output of a decoder: one sequence per source sentence."""
+
+    tokens: torch.Tensor     # (B, T) long, T <= max_len; <pad> after each sequence's end
+    lengths: torch.Tensor    # (B,) long: tokens per sequence, <eos> included when produced
+    log_probs: torch.Tensor  # (B,) float: sum of log p(token) over those tokens, <eos> included
+    scores: torch.Tensor     # (B,) float: what the decoder ranked by (log_probs unless normalised)
+    hypotheses: list[list[Hypothesis]] | None = None  # beam_search(return_all=True): best first
+
+    def to_sentences(self, vocab: Vocab) -> list[str]:
+        """Tokens joined by spaces, stopping at ``<eos>`` (special tokens left out)."""
+        return [" ".join(vocab.decode(row[:n].tolist()))
+                for row, n in zip(self.tokens, self.lengths.tolist(), strict=True)]
+
+
+def _check_at_least(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) and no autograd; the model's training flag is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor,
+                    max_len: int, bos: int, eos: int, pad: int,
+                    choose: Callable[[torch.Tensor], torch.Tensor]) -> DecodeResult:
+    """Shared loop of greedy and sampling: ``choose`` maps logits (B, V) to tokens (B,)."""
+    with _inference(model):
+        state = model.encode(src, src_valid_len)
+        B, device = src.shape[0], src.device
+        token = torch.full((B, 1), bos, dtype=torch.long, device=device)
+        stopped = torch.zeros(B, dtype=torch.bool, device=device)
+        lengths = torch.zeros(B, dtype=torch.long, device=device)
+        log_probs = torch.zeros(B, device=device)
+        steps = []
+        for _ in range(max_len):
+            logits, state = model.decode(token, state)  # (B, 1, V): only the new token runs
+            logits = logits[:, -1].float()  # (B, V)
+            chosen = choose(logits)  # (B,)
+            log_p = logits.log_softmax(dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1)  # (B,)
+            chosen = chosen.masked_fill(stopped, pad)  # stopped sentences only get padding
+            log_probs += log_p.masked_fill(stopped, 0.0)
+            lengths += (~stopped).long()
+            steps.append(chosen)
+            stopped |= chosen == eos
+            if bool(stopped.all()):
+                break
+            token = chosen.unsqueeze(1)  # (B, 1)
+        tokens = torch.stack(steps, dim=1)  # (B, T)
+    return DecodeResult(tokens, lengths, log_probs, log_probs.clone())
+
+
+def greedy_decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, *,
+                  max_len: int, bos: int = 1, eos: int = 2, pad: int = 0) -> DecodeResult:
+    """Most likely token at every step, for a batch of sources src (B, T_src), lengths (B,)."""
+    _check_at_least("max_len", max_len, 1)
+    return _token_by_token(model, src, src_valid_len, max_len, bos, eos, pad,
+                           lambda logits: logits.argmax(dim=-1))
+
+
+def sample_decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, *,
+                  max_len: int, temperature: float = 1.0, top_k: int | None = None,
+                  generator: torch.Generator | None = None, bos: int = 1, eos: int = 2,
+                  pad: int = 0) -> DecodeResult:
+    """Draw every token from softmax(logits / temperature), cut to the top_k tokens if given.
+
+    ``log_probs`` and ``scores`` are the model's own log-probabilities of the drawn tokens
+    (temperature 1, no cut), so they compare with those of greedy and beam search. Pass a seeded
+    ``generator`` (on src's device) for reproducible samples.
+    """
+    _check_at_least("max_len", max_len, 1)
+    if not temperature > 0:  # also catches NaN
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
+    if top_k is not None:
+        _check_at_least("top_k", top_k, 1)
+
+    def choose(logits: torch.Tensor) -> torch.Tensor:
+        logits = logits / temperature  # (B, V)
+        if top_k is not None and top_k < logits.shape[-1]:
+            best, index = logits.topk(top_k, dim=-1)  # (B, k): exactly k survive, ties or not
+            logits = torch.full_like(logits, float("-inf")).scatter(1, index, best)
+        probs = logits.softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=generator).squeeze(1)  # (B,)
+
+    return _token_by_token(model, src, src_valid_len, max_len, bos, eos, pad, choose)
+
+
+def _add_finished(pool: list[Hypothesis], tokens: list[int], log_prob: float,
+                  length_penalty: float, beam_size: int) -> None:
+    """Add a hypothesis to a sentence's pool, kept sorted best first and at most beam_size long."""
+    pool.append(Hypothesis(tokens, log_prob, log_prob / len(tokens) ** length_penalty))
+    pool.sort(key=lambda h: -h.score)  # stable: the earlier of two equal scores stays first
+    del pool[beam_size:]
+
+
+def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, *,
+                beam_size: int, max_len: int, length_penalty: float = 0.0, bos: int = 1,
+                eos: int = 2, pad: int = 0, return_all: bool = False) -> DecodeResult:
+    """The best of beam_size hypotheses per sentence, all sentences and beams in one batch.
+
+    Ranking uses simple length normalisation, ``score = log p / length ** length_penalty``
+    (length counts the emitted tokens, ``<eos>`` included; 0 means raw log-probabilities), not
+    GNMT's ((5 + length) / 6) ** alpha. Each step extends every live hypothesis by every token;
+    an ``<eos>`` extension ranked among the step's best K is finished, and the best K other
+    extensions form the new beam (so K = 1 is greedy). A sentence is done once it has K finished
+    hypotheses that no live one can beat (log p only falls, the length is at most max_len);
+    hypotheses still live at max_len finish there without ``<eos>``.
+    With ``return_all`` the result also lists each sentence's finished hypotheses, best first.
+    """
+    _check_at_least("beam_size", beam_size, 1)
+    _check_at_least("max_len", max_len, 1)
+    if not length_penalty >= 0:
+        raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
+    K = beam_size
+    with _inference(model):
+        state = model.encode(src, src_valid_len)
+        B, device = src.shape[0], src.device
+        sentence = torch.arange(B, device=device)
+        state = state.reorder(sentence.repeat_interleave(K))  # row b*K + k: sentence b, beam k
+        # Log-probabilities of the live prefixes; only beam 0 exists at first (no duplicates).
+        live = torch.full((B, K), float("-inf"), device=device)
+        live[:, 0] = 0.0
+        prefixes = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, length)
+        token = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+        finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+        done = [False] * B
+        for length in range(1, max_len + 1):
+            logits, state = model.decode(token, state)  # (B*K, 1, V)
+            V = logits.shape[-1]
+            step = logits[:, -1].float().log_softmax(dim=-1).view(B, K, V)
+            candidates = (live.unsqueeze(-1) + step).view(B, K * V)  # every one-token extension
+            # Each beam has one <eos> extension, so the best 2K hold at least K others.
+            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
+            top_beam, top_token = top_index // V, top_index % V  # (B, 2K) each
+            is_eos = top_token == eos
+            ends = is_eos[:, :K] & top_scores[:, :K].isfinite()  # <eos> among the best K
+            for b, rank in ends.nonzero().tolist():
+                if not done[b]:
+                    tokens = prefixes[b, top_beam[b, rank]].tolist() + [eos]
+                    _add_finished(finished[b], tokens, top_scores[b, rank].item(),
+                                  length_penalty, K)
+            # The new beam: the best K extensions that do not end in <eos>, best first.
+            rank = torch.arange(top_index.shape[1], device=device).expand_as(top_index)
+            keep = torch.where(is_eos, rank + top_index.shape[1], rank).argsort(dim=1)[:, :K]
+            live = top_scores.gather(1, keep)  # (B, K)
+            beam, token = top_beam.gather(1, keep), top_token.gather(1, keep)  # (B, K) each
+            prefixes = torch.cat([prefixes.gather(1, beam.unsqueeze(-1).expand_as(prefixes)),
+                                  token.unsqueeze(-1)], dim=2)  # (B, K, length)
+            state = state.reorder((sentence.unsqueeze(1) * K + beam).view(-1))  # follow parents
+            token = token.view(B * K, 1)
+            if length == max_len:
+                break
+            # Best any live hypothesis can still reach: log p <= now <= 0, length <= max_len.
+            bounds = (live.max(dim=1).values / max_len ** length_penalty).tolist()
+            for b in range(B):
+                pool = finished[b]
+                if bounds[b] == float("-inf") or (len(pool) == K and pool[-1].score >= bounds[b]):
+                    done[b] = True
+            if all(done):
+                break
+        for b in range(B):  # sentences that reached max_len: live hypotheses finish there
+            for k in range(K):
+                if not done[b] and live[b, k].isfinite():
+                    _add_finished(finished[b], prefixes[b, k].tolist(), live[b, k].item(),
+                                  length_penalty, K)
+    best = [pool[0] for pool in finished]
+    T = max(len(h.tokens) for h in best)
+    tokens = torch.full((B, T), pad, dtype=torch.long, device=device)
+    for b, h in enumerate(best):
+        tokens[b, :len(h.tokens)] = torch.tensor(h.tokens, dtype=torch.long)
+    return DecodeResult(
+        tokens=tokens,
+        lengths=torch.tensor([len(h.tokens) for h in best], device=device),
+        log_probs=torch.tensor([h.log_prob for h in best], device=device),
+        scores=torch.tensor([h.score for h in best], device=device),
+        hypotheses=finished if return_all else None)
+
+
+def translate(model: nn.Module, data: TranslationData, sentences: list[str], *,
+              beam_size: int = 1, max_len: int | None = None) -> list[str]:
+    """Translate raw source sentences with greedy (beam_size=1) or beam search decoding.
+
+    ``max_len`` defaults to the corpus's padded target length (``data.num_steps``).
+    """
+    if max_len is None:
+        max_len = data.num_steps if isinstance(data.num_steps, int) else data.num_steps[1]
+    if not sentences:
+        return []
+    src, src_valid_len = data.encode_sources(sentences)
+    device = next(model.parameters()).device
+    src, src_valid_len = src.to(device), src_valid_len.to(device)
+    if beam_size == 1:
+        result = greedy_decode(model, src, src_valid_len, max_len=max_len)
+    else:
+        result = beam_search(model, src, src_valid_len, beam_size=beam_size, max_len=max_len)
+    return result.to_sentences(data.tgt_vocab)
