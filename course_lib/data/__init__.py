@@ -1,0 +1,1 @@
+"""Data for translation: text preprocessing, vocabularies, batches, and the course's corpora."""
