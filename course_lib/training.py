@@ -1,0 +1,421 @@
+"""Training as plain functions: ``train_epoch``, ``evaluate`` and ``fit`` over any encoder-decoder.
+
+    from course_lib.training import fit, set_seed
+    set_seed(0)
+    model = Seq2SeqGRU(len(data.src_vocab), len(data.tgt_vocab))
+    history = fit(model, data, epochs=10, lr=5e-3)   # progress bar + live plot in Jupyter
+    history.best_epoch, history.to_rows()
+
+No trainer class to learn: each function is a short loop you can read (and copy) in one go.
+Losses are means over real target tokens (``course_lib.losses.masked_cross_entropy``), so a batch
+of short sentences counts each token as much as a batch of long ones. Epochs count from 1.
+
+Notation: B batch · T time (T_tgt target) · V vocabulary size.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import math
+import os
+import random
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from course_lib.data.batching import Batch
+from course_lib.losses import masked_cross_entropy
+
+__all__ = ["set_seed", "NoamSchedule", "noam_lambda", "scheduled_sampling_logits",
+           "train_epoch", "evaluate", "History", "fit", "make_bleu_fn", "save_checkpoint",
+           "load_checkpoint", "read_checkpoint"]
+
+_PROGRESS_MODES = ("auto", "bar", "log", "none")
+
+
+def set_seed(seed: int) -> None:
+    """Seed Python's ``random``, NumPy and torch, so a run can be repeated exactly."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclasses.dataclass(frozen=True)
+class NoamSchedule:
+    """The Transformer's warmup schedule, as a ``LambdaLR`` multiplier of a base lr of 1.
+
+    lr(step) = factor · d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5), step = 1, 2, ...
+    It rises linearly for ``warmup_steps`` optimizer steps, peaks there, then decays as
+    1/sqrt(step). ``LambdaLR`` calls it with 0 before the first step, hence the ``+ 1``.
+    """
+
+    d_model: int
+    warmup_steps: int
+    factor: float = 1.0
+
+    def __call__(self, step_index: int) -> float:
+        step = step_index + 1  # LambdaLR's counter starts at 0; the formula's at 1
+        return self.factor * self.d_model ** -0.5 * min(step ** -0.5,
+                                                         step * self.warmup_steps ** -1.5)
+
+
+def noam_lambda(d_model: int, warmup_steps: int, factor: float = 1.0) -> NoamSchedule:
+    """``lr_lambda`` for ``torch.optim.lr_scheduler.LambdaLR`` (use an optimizer with lr=1)."""
+    if d_model < 1 or warmup_steps < 1:
+        raise ValueError(f"need d_model >= 1 and warmup_steps >= 1, got {d_model}, {warmup_steps}")
+    return NoamSchedule(d_model, warmup_steps, factor)
+
+
+def scheduled_sampling_logits(model: nn.Module, batch: Batch,
+                              teacher_forcing: float) -> torch.Tensor:
+    """Logits (B, T_tgt, V), decoding one step at a time with scheduled sampling.
+
+    At every position after ``<bos>`` the decoder reads the gold previous token with probability
+    ``teacher_forcing`` and the model's own greedy prediction otherwise (Bengio et al., 2015),
+    so training sees some of its own mistakes, as testing will (exposure bias). The price is
+    parallelism: step t+1's input depends on step t's output, so the T_tgt decoder steps run one
+    after another, even for a Transformer whose teacher-forced training is one parallel pass.
+    With ``teacher_forcing=1`` the result equals ``model(src, src_valid_len, dec_input)``.
+    """
+    state = model.encode(batch.src, batch.src_valid_len)
+    dec_input = batch.dec_input  # (B, T_tgt)
+    step_input = dec_input[:, :1]  # (B, 1): <bos>
+    steps = []
+    for t in range(dec_input.shape[1]):
+        logits, state = model.decode(step_input, state)  # (B, 1, V)
+        steps.append(logits)
+        if t + 1 < dec_input.shape[1]:
+            gold = dec_input[:, t + 1:t + 2]  # (B, 1)
+            use_gold = torch.rand(gold.shape, device=gold.device) < teacher_forcing
+            step_input = torch.where(use_gold, gold, logits.argmax(dim=-1))  # no gradient
+    return torch.cat(steps, dim=1)  # (B, T_tgt, V)
+
+
+def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, *,
+                scheduler: Any = None, clip_grad: float | None = 1.0,
+                label_smoothing: float = 0.0, teacher_forcing: float = 1.0,
+                progress: Any = None) -> dict[str, float]:
+    """One pass over ``loader``, one optimizer step per batch; returns what happened.
+
+    Args:
+        scheduler: stepped after every batch (per-step schedules such as ``NoamSchedule``).
+        clip_grad: rescale gradients whose total norm exceeds it (None or 0: no clipping).
+        teacher_forcing: probability of feeding the gold previous token (1 = plain teacher
+            forcing, all positions in parallel; below 1 see ``scheduled_sampling_logits``).
+        progress: a tqdm bar (or anything with ``update``/``set_postfix``), advanced per batch.
+    Returns ``loss`` (mean per real target token), ``tokens`` (real target tokens), ``seconds``,
+    ``tokens_per_second`` and ``grad_norm`` (mean gradient norm before clipping).
+    """
+    if not 0.0 <= teacher_forcing <= 1.0:
+        raise ValueError(f"teacher_forcing must be a probability in [0, 1], got {teacher_forcing}")
+    model.train()
+    parameters = [p for p in model.parameters() if p.requires_grad]
+    total_loss, total_tokens, total_norm, num_batches = 0.0, 0, 0.0, 0
+    start = time.perf_counter()
+    for batch in loader:
+        if teacher_forcing >= 1.0:
+            logits = model(batch.src, batch.src_valid_len, batch.dec_input)  # (B, T_tgt, V)
+        else:
+            logits = scheduled_sampling_logits(model, batch, teacher_forcing)
+        loss = masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
+                                    label_smoothing=label_smoothing)  # mean per real token
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        max_norm = clip_grad if clip_grad else math.inf  # inf: measure the norm, change nothing
+        total_norm += float(nn.utils.clip_grad_norm_(parameters, max_norm))
+        optimizer.step()
+        if scheduler is not None:
+            scheduler.step()
+        tokens = batch.num_target_tokens
+        total_loss += loss.item() * tokens
+        total_tokens += tokens
+        num_batches += 1
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.3f}", refresh=False)
+    seconds = time.perf_counter() - start
+    return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens,
+            "seconds": seconds, "tokens_per_second": total_tokens / max(seconds, 1e-9),
+            "grad_norm": total_norm / max(num_batches, 1)}
+
+
+@contextlib.contextmanager
+def _inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) without autograd; the model's previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:
+    """Teacher-forced ``loss`` (per real token, no smoothing) and token ``accuracy``.
+
+    Runs in eval mode without gradients and puts the model back in the mode it was in.
+    """
+    total_loss, correct, total_tokens = 0.0, 0, 0
+    with _inference(model):
+        for batch in loader:
+            logits = model(batch.src, batch.src_valid_len, batch.dec_input)  # (B, T, V)
+            total_loss += float(masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
+                                                     reduction="sum"))
+            positions = torch.arange(batch.tgt.shape[1], device=batch.tgt.device)
+            keep = positions[None, :] < batch.tgt_valid_len[:, None]  # (B, T): real tokens
+            correct += int(((logits.argmax(dim=-1) == batch.tgt) & keep).sum())
+            total_tokens += batch.num_target_tokens
+    denominator = max(total_tokens, 1)
+    return {"loss": total_loss / denominator, "accuracy": correct / denominator,
+            "tokens": total_tokens}
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch record of a ``fit`` run (index i is epoch i + 1); None where not computed."""
+
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    valid_loss: list[float | None] = dataclasses.field(default_factory=list)
+    valid_accuracy: list[float | None] = dataclasses.field(default_factory=list)
+    valid_bleu: list[float | None] = dataclasses.field(default_factory=list)
+    tokens_per_second: list[float] = dataclasses.field(default_factory=list)
+    seconds: list[float] = dataclasses.field(default_factory=list)  # training + evaluation
+    learning_rate: list[float] = dataclasses.field(default_factory=list)  # at the epoch's end
+
+    def __len__(self) -> int:
+        return len(self.train_loss)
+
+    @property
+    def best_epoch(self) -> int | None:
+        """Epoch (from 1) with the lowest validation loss (training loss if none was measured)."""
+        losses = self.valid_loss if any(v is not None for v in self.valid_loss) else self.train_loss
+        scored = [(loss, i + 1) for i, loss in enumerate(losses) if loss is not None]
+        return min(scored)[1] if scored else None
+
+    def to_rows(self) -> list[dict[str, Any]]:
+        """One dict per epoch (``epoch`` from 1), e.g. for ``pandas.DataFrame(rows)``."""
+        columns = dataclasses.asdict(self)
+        return [{"epoch": i + 1, **{k: v[i] for k, v in columns.items()}}
+                for i in range(len(self))]
+
+    def format_epoch(self, i: int, epochs: int) -> str:
+        """One log line for the epoch at index ``i``."""
+        parts = [f"epoch {i + 1}/{epochs}", f"train loss {self.train_loss[i]:.4f}"]
+        if self.valid_loss[i] is not None:
+            parts += [f"valid loss {self.valid_loss[i]:.4f}", f"acc {self.valid_accuracy[i]:.3f}"]
+        if self.valid_bleu[i] is not None:
+            parts.append(f"BLEU {self.valid_bleu[i]:.1f}")
+        parts += [f"{self.tokens_per_second[i]:,.0f} tok/s", f"{self.seconds[i]:.1f} s"]
+        return " | ".join(parts)
+
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (ZMQInteractiveShell), False in scripts and IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    return shell is not None and hasattr(shell, "kernel")
+
+
+def _loaders(data_or_loaders: Any) -> tuple[Any, Any]:
+    """(train, valid or None) from a TranslationData, a dict, a (train, valid) pair or a loader."""
+    if hasattr(data_or_loaders, "loader"):
+        has_valid = "valid" in getattr(data_or_loaders, "tensors", {"valid": None})
+        return (data_or_loaders.loader("train"),
+                data_or_loaders.loader("valid") if has_valid else None)
+    if isinstance(data_or_loaders, dict):
+        return data_or_loaders["train"], data_or_loaders.get("valid")
+    if isinstance(data_or_loaders, tuple) and len(data_or_loaders) in (1, 2):
+        return data_or_loaders[0], (data_or_loaders[1] if len(data_or_loaders) == 2 else None)
+    return data_or_loaders, None
+
+
+def fit(model: nn.Module, data_or_loaders: Any, *, epochs: int, lr: float = 1e-3,
+        optimizer: torch.optim.Optimizer | None = None, warmup_steps: int | None = None,
+        d_model: int | None = None, clip_grad: float | None = 1.0, label_smoothing: float = 0.0,
+        teacher_forcing: float | Callable[[int], float] = 1.0,
+        bleu_fn: Callable[[nn.Module], float] | None = None, bleu_every: int = 1, seed: int = 0,
+        checkpoint_path: str | Path | None = None, checkpoint_extra: dict | None = None,
+        progress: str = "auto", plot: bool = True) -> History:
+    """Train for ``epochs`` epochs, evaluating after each; returns the ``History``.
+
+    Args:
+        data_or_loaders: a ``TranslationData`` (its train and valid loaders), a dict with
+            ``"train"`` (and ``"valid"``), a ``(train, valid)`` pair, or one training loader.
+        lr: Adam's learning rate (when ``optimizer`` is None and there is no warmup).
+        warmup_steps: use the Noam schedule: the optimizer's base lr is the multiplier (1 for
+            the Adam made here, betas (0.9, 0.98)) and ``d_model`` (default:
+            ``model.config.d_model``) sets the peak, reached after ``warmup_steps`` batches.
+        teacher_forcing: a probability, or a function of the epoch (from 1) for scheduled
+            sampling, e.g. ``lambda epoch: max(0.5, 1 - 0.05 * epoch)``.
+        bleu_fn: ``bleu_fn(model) -> float`` (e.g. ``make_bleu_fn(data)``), run every
+            ``bleu_every`` epochs and after the last one.
+        checkpoint_path: save the model each time the validation loss is the best so far, with
+            ``epoch``, ``history``, the vocabularies of a ``TranslationData`` and
+            ``checkpoint_extra`` (e.g. the model's config as a dict).
+        progress: ``"auto"`` (a progress bar and a live plot in Jupyter, one line per epoch
+            elsewhere), ``"bar"``, ``"log"`` or ``"none"``. ``plot=False`` turns the plot off.
+    """
+    if progress not in _PROGRESS_MODES:
+        raise ValueError(f"progress must be one of {_PROGRESS_MODES}, got {progress!r}")
+    if bleu_every < 1:
+        raise ValueError(f"bleu_every must be >= 1, got {bleu_every}")
+    notebook = in_notebook()
+    if progress == "auto":
+        progress = "bar" if notebook else "log"
+    set_seed(seed)
+    train_loader, valid_loader = _loaders(data_or_loaders)
+    scheduler = None
+    if warmup_steps is not None:
+        d_model = d_model or getattr(getattr(model, "config", None), "d_model", None)
+        if d_model is None:
+            raise ValueError("warmup_steps needs d_model (pass d_model=..., or use a model "
+                             "with config.d_model)")
+        if optimizer is None:
+            optimizer = torch.optim.Adam(model.parameters(), lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer,
+                                                      noam_lambda(d_model, warmup_steps))
+    elif optimizer is None:
+        optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    bar = None
+    if progress == "bar":
+        from tqdm.auto import tqdm
+
+        per_epoch = len(train_loader) if hasattr(train_loader, "__len__") else None
+        bar = tqdm(total=per_epoch and per_epoch * epochs, unit="batch", desc="training")
+    live_plot = None
+    if plot and notebook and progress != "none":
+        from course_lib.plots import LivePlot
+        live_plot = LivePlot()  # an empty figure now, redrawn after every epoch
+    history = History()
+    extra = dict(checkpoint_extra or {})
+    for name in ("src_vocab", "tgt_vocab"):
+        if hasattr(getattr(data_or_loaders, name, None), "idx_to_token"):
+            extra.setdefault(name, list(getattr(data_or_loaders, name).idx_to_token))
+    try:
+        for epoch in range(1, epochs + 1):
+            start = time.perf_counter()
+            p = teacher_forcing(epoch) if callable(teacher_forcing) else teacher_forcing
+            if bar is not None:
+                bar.set_description(f"epoch {epoch}/{epochs}")
+            train = train_epoch(model, train_loader, optimizer, scheduler=scheduler,
+                                clip_grad=clip_grad, label_smoothing=label_smoothing,
+                                teacher_forcing=p, progress=bar)
+            valid = evaluate(model, valid_loader) if valid_loader is not None else {}
+            wants_bleu = bleu_fn is not None and (epoch % bleu_every == 0 or epoch == epochs)
+            history.train_loss.append(train["loss"])
+            history.valid_loss.append(valid.get("loss"))
+            history.valid_accuracy.append(valid.get("accuracy"))
+            history.valid_bleu.append(float(bleu_fn(model)) if wants_bleu else None)
+            history.tokens_per_second.append(train["tokens_per_second"])
+            history.learning_rate.append(optimizer.param_groups[0]["lr"])
+            history.seconds.append(time.perf_counter() - start)
+            if checkpoint_path is not None and history.best_epoch == epoch:
+                save_checkpoint(checkpoint_path, model, optimizer,
+                                extra={**extra, "epoch": epoch,
+                                       "history": dataclasses.asdict(history)})
+            if progress == "log":
+                print(history.format_epoch(epoch - 1, epochs), flush=True)
+            elif bar is not None:
+                bar.set_postfix_str(history.format_epoch(epoch - 1, epochs).split(" | ", 1)[1])
+            if live_plot is not None:
+                live_plot.update(history)
+    finally:
+        if bar is not None:
+            bar.close()
+    return history
+
+
+def make_bleu_fn(data: Any, split: str = "valid", *, max_sentences: int | None = 200,
+                 max_len: int | None = None, batch_size: int = 256) -> Callable[[nn.Module], float]:
+    """``bleu_fn(model)``: greedy-decode the first ``max_sentences`` of a split, corpus BLEU.
+
+    Uses ``course_lib.decoding.greedy_decode`` (imported when called) and compares with
+    ``data.references(split)`` tokenised the corpus's way (``tokenize="none"``).
+    """
+    from course_lib.bleu import corpus_bleu
+
+    tensors = data.tensors[split]
+    count = min(max_sentences or tensors.num_sequences, tensors.num_sequences)
+    references = data.references(split)[:count]
+    steps = data.num_steps if isinstance(data.num_steps, int) else data.num_steps[1]
+
+    def bleu_fn(model: nn.Module) -> float:
+        from course_lib.decoding import greedy_decode
+
+        hypotheses: list[str] = []
+        with _inference(model):
+            for i in range(0, count, batch_size):
+                rows = slice(i, min(i + batch_size, count))
+                result = greedy_decode(model, tensors.src[rows], tensors.src_valid_len[rows],
+                                       max_len=max_len or steps)
+                hypotheses += result.to_sentences(data.tgt_vocab)
+        return corpus_bleu(hypotheses, references, tokenize="none")
+
+    return bleu_fn
+
+
+def save_checkpoint(path: str | Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None, *,
+                    extra: dict | None = None) -> None:
+    """Save model (and optimizer) state and ``extra`` atomically: all of it or nothing.
+
+    ``extra`` holds plain data: numbers, strings, lists, dicts, tensors (dataclasses become
+    dicts). The file is written to a temporary name beside ``path``, then renamed over it, so an
+    interrupted save never leaves a truncated checkpoint behind.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    extra = {k: dataclasses.asdict(v) if dataclasses.is_dataclass(v) and not isinstance(v, type)
+             else v for k, v in (extra or {}).items()}  # plain data loads with weights_only
+
+    payload = {"model": model.state_dict(), "model_class": type(model).__name__,
+               "optimizer": optimizer.state_dict() if optimizer is not None else None,
+               "extra": extra}
+    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(payload, f)
+        os.replace(tmp_name, path)
+    except BaseException:
+        if os.path.exists(tmp_name):
+            os.remove(tmp_name)
+        raise
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The whole checkpoint (``model``, ``optimizer``, ``extra``), e.g. to rebuild the model."""
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_checkpoint(path: str | Path, model: nn.Module,
+                    optimizer: torch.optim.Optimizer | None = None) -> dict[str, Any]:
+    """Load a ``save_checkpoint`` file into ``model`` (and ``optimizer``); returns its ``extra``.
+
+    Raises ValueError naming every parameter whose shape or name differs from the model's.
+    """
+    checkpoint = read_checkpoint(path)
+    saved, own = checkpoint["model"], model.state_dict()
+    problems = [f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(own[k].shape)}"
+                for k, v in saved.items() if k in own and v.shape != own[k].shape]
+    problems += [f"{k}: missing from the checkpoint" for k in own if k not in saved]
+    problems += [f"{k}: not in the model" for k in saved if k not in own]
+    if problems:
+        raise ValueError(f"checkpoint {path} (a {checkpoint.get('model_class')}) does not fit "
+                         f"this {type(model).__name__}; was it built with the same config?\n  "
+                         + "\n  ".join(problems[:10])
+                         + (f"\n  ... and {len(problems) - 10} more" if len(problems) > 10 else ""))
+    model.load_state_dict(saved)
+    if optimizer is not None and checkpoint["optimizer"] is not None:
+        optimizer.load_state_dict(checkpoint["optimizer"])
+    return checkpoint["extra"]
