@@ -222,12 +222,25 @@ class MultiHeadAttention(nn.Module):
         _check_qkv(queries, keys, values)
         for name, t in (("queries", queries), ("keys", keys), ("values", values)):
             _check_width(name, t, self.d_model, "(B, T, d_model)")
-        (B, T_q, D), T_k, H = queries.shape, keys.shape[1], self.num_heads
+        (B, T_q, _), T_k = queries.shape, keys.shape[1]
         keep = self._keep_mask(valid_lens, mask, B, T_q, T_k)  # broadcasts to (B, H, T_q, T_k)
 
-        q = self.W_q(queries).view(B, T_q, H, D // H).transpose(1, 2)  # (B, H, T_q, D/H)
-        k = self.W_k(keys).view(B, T_k, H, D // H).transpose(1, 2)  # (B, H, T_k, D/H)
-        v = self.W_v(values).view(B, T_k, H, D // H).transpose(1, 2)  # (B, H, T_k, D/H)
+        q = self.split_heads(self.W_q(queries))  # (B, H, T_q, D/H)
+        k = self.split_heads(self.W_k(keys))  # (B, H, T_k, D/H)
+        v = self.split_heads(self.W_v(values))  # (B, H, T_k, D/H)
+        return self.attend(q, k, v, keep, need_weights=need_weights)
+
+    def split_heads(self, X: torch.Tensor) -> torch.Tensor:
+        """(B, T, D) projected inputs -> (B, H, T, D/H): each head gets its own slice."""
+        B, T, D = X.shape
+        return X.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+               keep: torch.Tensor | None = None, *, need_weights: bool = True) -> torch.Tensor:
+        """Attention of already split heads q (B, H, T_q, D/H) over k, v (B, H, T_k, D/H),
+        heads merged and projected by W_o: (B, T_q, D). Used by ``forward`` and by decoders
+        that cache k and v."""
+        B, H, T_q, d_head = q.shape
         if self.use_sdpa:
             attn_mask = None if keep is None else to_sdpa_mask(keep)
             p = self.dropout.p if self.training else 0.0
@@ -236,7 +249,7 @@ class MultiHeadAttention(nn.Module):
         else:
             out, weights = scaled_dot_product(q, k, v, keep, self.dropout)  # (B, H, T_q, D/H)
         self.attention_weights = weights if need_weights else None
-        out = out.transpose(1, 2).reshape(B, T_q, D)  # (B, T_q, H, D/H) -> (B, T_q, D)
+        out = out.transpose(1, 2).reshape(B, T_q, H * d_head)  # (B, T_q, H, D/H) -> (B, T_q, D)
         return self.W_o(out)
 
     def _keep_mask(self, valid_lens: torch.Tensor | None, mask: torch.Tensor | None,

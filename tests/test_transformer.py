@@ -313,3 +313,22 @@ def test_encoder_block_matches_d2l(d2l):
         d2ls.load_state_dict(mine.state_dict())
     with torch.no_grad():
         close(ours(X, valid_lens), theirs(X, valid_lens))
+
+
+def test_cache_projects_the_encoder_memory_only_once():
+    """With the cache, cross-attention keys/values of the memory are projected at the first
+    step and reused; without it they are projected at every step."""
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.tiny(V_SRC, V_TGT)).eval()
+    calls = []
+    for block in model.decoder_blocks:
+        block.cross_attention.W_k.register_forward_hook(lambda *args: calls.append(1))
+    src = torch.randint(3, V_SRC, (2, 5))
+    for use_cache, expected in ((True, 1), (False, 3)):
+        calls.clear()
+        state = model.encode(src, torch.tensor([5, 3]))
+        token = torch.ones(2, 1, dtype=torch.long)
+        with torch.no_grad():
+            for _ in range(3):
+                _, state = model.decode(token, state, use_cache=use_cache)
+        assert len(calls) == expected * len(model.decoder_blocks)

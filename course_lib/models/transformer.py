@@ -17,10 +17,10 @@ values of positions 0..t. Those of earlier positions never change (the mask is c
 ``DecoderBlock`` keeps its projected keys and values, (B, H, T_past, D/H), in the state and
 projects only the new tokens. We cache projected K/V rather than the block inputs because that
 is what "KV cache" means in every production decoder, and it saves the W_k/W_v projections of
-all earlier positions at every step as well as their queries, FFN and cross-attention. The
-price is a dozen lines (``_cached_self_attention``) that repeat the head split of
-``MultiHeadAttention``. Cross-attention keys/values of the encoder memory are recomputed at each
-step (simple; caching them too would save another 2 T_src D^2 per layer and step).
+all earlier positions at every step as well as their queries, FFN and cross-attention. The keys
+and values of the encoder memory for cross-attention never change during decoding, so they are
+projected once, at the first step, and kept in the state too. Both caches go through
+``MultiHeadAttention.split_heads`` and ``.attend``, the same code as ``forward``.
 """
 
 from __future__ import annotations
@@ -36,9 +36,8 @@ from course_lib.attention import (
     LearnedPositionalEncoding,
     MultiHeadAttention,
     SinusoidalPositionalEncoding,
-    scaled_dot_product,
 )
-from course_lib.masking import causal_mask, to_sdpa_mask
+from course_lib.masking import causal_mask, padding_mask
 from course_lib.models.base import DecoderState, EncoderDecoder
 
 __all__ = ["TransformerConfig", "FeedForward", "EncoderBlock", "DecoderBlock",
@@ -142,50 +141,50 @@ class DecoderBlock(nn.Module):
 
     def forward(self, X: torch.Tensor, memory: torch.Tensor, src_valid_len: torch.Tensor | None,
                 past: KVCache | None = None, use_cache: bool = False,
-                ) -> tuple[torch.Tensor, KVCache | None]:
-        """Run the new decoder positions; returns (B, T_new, D) and the block's updated cache.
+                memory_kv: KVCache | None = None,
+                ) -> tuple[torch.Tensor, KVCache | None, KVCache | None]:
+        """Run the new decoder positions; returns (B, T_new, D) and the block's updated caches.
 
         Args:
             X: (B, T_new, D) the new positions. memory: (B, T_src, D) encoder output.
             src_valid_len: (B,) real source lengths: cross-attention ignores source padding.
-            past: keys and values (B, H, T_past, D/H) of earlier positions, or None.
-            use_cache: attend through ``past`` and return the grown cache; else plain causal
-                self-attention over X alone (teacher forcing, uncached decoding).
+            past: self-attention keys and values (B, H, T_past, D/H) of earlier positions.
+            use_cache: attend through ``past`` and return the grown cache, and project the
+                memory's keys/values once (``memory_kv``); else plain causal self-attention
+                over X alone (teacher forcing, uncached decoding).
+            memory_kv: cross-attention keys and values (B, H, T_src, D/H) from an earlier step.
+        Returns (output, self-attention cache, memory keys/values); the caches are None
+        without ``use_cache``.
         """
         new_cache = None
 
         def self_attend(h: torch.Tensor) -> torch.Tensor:
             nonlocal new_cache
-            if use_cache:
-                out, new_cache = _cached_self_attention(self.self_attention, h, past)
-                return out
-            return self.self_attention(h, h, h, mask=causal_mask(h.shape[1], device=h.device))
+            if not use_cache:
+                return self.self_attention(h, h, h, mask=causal_mask(h.shape[1], device=h.device))
+            mha = self.self_attention
+            q, k, v = (mha.split_heads(W(h)) for W in (mha.W_q, mha.W_k, mha.W_v))
+            if past is not None:  # torch.cat makes new tensors: the old state stays valid
+                k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T_new, D/H)
+                v = torch.cat([past[1], v], dim=2)
+            new_cache = (k, v)
+            keep = causal_mask(h.shape[1], k.shape[2], device=h.device)  # (T_new, T_all)
+            return mha.attend(q, k, v, keep)
+
+        def cross_attend(h: torch.Tensor) -> torch.Tensor:
+            nonlocal memory_kv
+            if not use_cache:
+                return self.cross_attention(h, memory, memory, src_valid_len)
+            mha = self.cross_attention
+            if memory_kv is None:
+                memory_kv = (mha.split_heads(mha.W_k(memory)), mha.split_heads(mha.W_v(memory)))
+            keep = padding_mask(src_valid_len, memory.shape[1])[:, None, None, :]  # (B,1,1,T_src)
+            return mha.attend(mha.split_heads(mha.W_q(h)), *memory_kv, keep)
 
         X = _add_norm(X, self_attend, self.norm1, self.dropout, self.norm_first)
-        X = _add_norm(X, lambda h: self.cross_attention(h, memory, memory, src_valid_len),
-                      self.norm2, self.dropout, self.norm_first)
-        return _add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first), new_cache
-
-
-def _cached_self_attention(mha: MultiHeadAttention, X: torch.Tensor, past: KVCache | None,
-                           ) -> tuple[torch.Tensor, KVCache]:
-    """Causal self-attention of new positions X (B, T_new, D) over cached + new keys/values."""
-    (B, T_new, D), H = X.shape, mha.num_heads
-    q = mha.W_q(X).view(B, T_new, H, D // H).transpose(1, 2)  # (B, H, T_new, D/H)
-    k = mha.W_k(X).view(B, T_new, H, D // H).transpose(1, 2)  # (B, H, T_new, D/H)
-    v = mha.W_v(X).view(B, T_new, H, D // H).transpose(1, 2)  # (B, H, T_new, D/H)
-    if past is not None:  # torch.cat makes new tensors: the old state stays valid for beams
-        k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T_new, D/H)
-        v = torch.cat([past[1], v], dim=2)
-    keep = causal_mask(T_new, k.shape[2], device=X.device)  # (T_new, T_past + T_new)
-    if mha.use_sdpa:
-        p = mha.dropout.p if mha.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=to_sdpa_mask(keep), dropout_p=p)
-        mha.attention_weights = None
-    else:
-        out, mha.attention_weights = scaled_dot_product(q, k, v, keep, mha.dropout)
-    out = out.transpose(1, 2).reshape(B, T_new, D)  # (B, T_new, H, D/H) -> (B, T_new, D)
-    return mha.W_o(out), (k, v)
+        X = _add_norm(X, cross_attend, self.norm2, self.dropout, self.norm_first)
+        X = _add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
+        return X, new_cache, (memory_kv if use_cache else None)
 
 
 class _NoPositionalEncoding(nn.Module):
@@ -210,6 +209,7 @@ class TransformerState(DecoderState):
     memory: torch.Tensor                # (B, T_src, D) encoder output
     src_valid_len: torch.Tensor         # (B,)
     cache: list[KVCache | None]         # per decoder layer: (keys, values) (B, H, T_past, D/H)
+    memory_kv: list[KVCache | None]     # per decoder layer: memory keys, values (B, H, T_src, D/H)
     past_tokens: torch.Tensor           # (B, T_past) decoder tokens so far (uncached decoding)
     offset: int = 0                     # number of positions decoded so far, T_past
 
@@ -253,7 +253,8 @@ class Transformer(EncoderDecoder):
             X = block(X, src_valid_len)
         memory = self.encoder_norm(X)
         empty = src.new_zeros(src.shape[0], 0)  # (B, 0): no decoder token yet
-        return TransformerState(memory, src_valid_len, [None] * len(self.decoder_blocks), empty)
+        layers = len(self.decoder_blocks)
+        return TransformerState(memory, src_valid_len, [None] * layers, [None] * layers, empty)
 
     def decode(self, dec_input: torch.Tensor, state: TransformerState,
                use_cache: bool | None = None) -> tuple[torch.Tensor, TransformerState]:
@@ -277,13 +278,15 @@ class Transformer(EncoderDecoder):
             X = self._embed(dec_input, self.tgt_embedding, self.tgt_positional, state.offset)
         else:
             X = self._embed(tokens, self.tgt_embedding, self.tgt_positional)
-        cache = []
-        for block, past in zip(self.decoder_blocks, state.cache, strict=True):
-            X, layer_cache = block(X, state.memory, state.src_valid_len, past, use_cache)
+        cache, memory_kv = [], []
+        for block, past, kv in zip(self.decoder_blocks, state.cache, state.memory_kv, strict=True):
+            X, layer_cache, layer_kv = block(X, state.memory, state.src_valid_len, past,
+                                             use_cache, kv)
             cache.append(layer_cache)
+            memory_kv.append(layer_kv)
         logits = self.output(self.decoder_norm(X[:, -T_new:]))  # (B, T_new, V)
-        new_state = dataclasses.replace(state, cache=cache, past_tokens=tokens,
-                                        offset=state.offset + T_new)
+        new_state = dataclasses.replace(state, cache=cache, memory_kv=memory_kv,
+                                        past_tokens=tokens, offset=state.offset + T_new)
         return logits, new_state
 
     def encoder_attention_weights(self) -> list[torch.Tensor | None]:
