@@ -1,17 +1,8 @@
 """The book's decoders written from its description (course_lib.d2l_book) behave as the book's."""
 
-import pytest
 import torch
 
 from course_lib.d2l_book import d2l_seq2seq_gru, d2l_transformer
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def step_by_step(model, src, src_valid_len, dec_input):

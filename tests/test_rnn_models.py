@@ -25,15 +25,6 @@ MODELS = {  # name: (class, keyword arguments)
 }
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny matrices run fastest on one thread (OpenMP barriers dominate on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def close(actual, expected, atol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=0, atol=atol)
 

@@ -33,15 +33,6 @@ from course_lib.training import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small ops are far faster on one thread on a shared machine; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="module")
 def data() -> TranslationData:
     return TranslationData(numbers_dataset(0, 999), num_steps=12, batch_size=64)

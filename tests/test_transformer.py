@@ -29,15 +29,6 @@ V_SRC, V_TGT = 13, 11
 NORMS = pytest.mark.parametrize("norm_first", [False, True], ids=["post-LN", "pre-LN"])
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine lose a lot (30x)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def close(actual, expected, atol=1e-5):
     torch.testing.assert_close(actual, expected, atol=atol, rtol=0)
 
