@@ -4,7 +4,8 @@ d2l's side is the book's model: d2l's ``TransformerEncoder`` with the book's dec
 (``course_lib.d2l_book``), the book's hyperparameters (256 wide, 2 blocks, 4 heads, FFN 64,
 dropout 0.2, Adam lr 0.0015, gradient clipping at 1, batches of 128, ``num_steps`` 12) and the
 book's masked loss. The course's side is ``course_lib.models.transformer.Transformer`` of the
-same size (``use_sdpa=True``), trained with the same optimiser, clipping and loss.
+same size (``use_sdpa=True``), trained with the same optimiser, clipping and loss value
+(``course_lib.training.sequence_loss``, which computes logits only at real target positions).
 
 Training: non-padding target tokens per second over the same minibatches, for
   1. the course model on d2l's fixed-shape batches (every batch padded to num_steps), and
@@ -42,8 +43,8 @@ from course_lib.data.fra_eng import fra_eng_dataset  # noqa: E402
 from course_lib.data.generated import numbers_dataset  # noqa: E402
 from course_lib.data.translation import TranslationData  # noqa: E402
 from course_lib.decoding import beam_search, greedy_decode  # noqa: E402
-from course_lib.losses import masked_cross_entropy  # noqa: E402
 from course_lib.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from course_lib.training import sequence_loss  # noqa: E402
 
 BOOK = dict(num_hiddens=256, ffn_num_hiddens=64, num_heads=4, num_blks=2, dropout=0.2)
 LR, CLIP, BATCH, NUM_STEPS = 0.0015, 1.0, 128, 12
@@ -90,9 +91,8 @@ def trainer(model, batches, is_d2l: bool, pad: int):
             if is_d2l:
                 logits = model(batch.src, batch.dec_input, batch.src_valid_len)
                 loss = book_loss(logits, batch.tgt, pad)
-            else:
-                logits = model(batch.src, batch.src_valid_len, batch.dec_input)
-                loss = masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len)
+            else:  # course_lib.training's loss: logits only at real target positions
+                loss, _, _ = sequence_loss(model, batch)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
             optimizer.step()

@@ -29,13 +29,16 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from course_lib.data.batching import Batch
 from course_lib.losses import masked_cross_entropy
+from course_lib.masking import padding_mask
+from course_lib.models.base import EncoderDecoder
 
 __all__ = ["set_seed", "NoamSchedule", "noam_lambda", "scheduled_sampling_logits",
-           "train_epoch", "evaluate", "History", "fit", "make_bleu_fn", "save_checkpoint",
-           "load_checkpoint", "read_checkpoint"]
+           "sequence_loss", "train_epoch", "evaluate", "History", "fit", "make_bleu_fn",
+           "save_checkpoint", "load_checkpoint", "read_checkpoint"]
 
 _PROGRESS_MODES = ("auto", "bar", "log", "none")
 
@@ -98,6 +101,28 @@ def scheduled_sampling_logits(model: nn.Module, batch: Batch,
     return torch.cat(steps, dim=1)  # (B, T_tgt, V)
 
 
+def sequence_loss(model: nn.Module, batch: Batch, *, label_smoothing: float = 0.0,
+                  reduction: str = "mean") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Teacher-forced cross entropy of a batch, with logits computed at real target positions only.
+
+    Equal to ``masked_cross_entropy(model(src, src_valid_len, dec_input), tgt, tgt_valid_len)``,
+    but the output layer (D -> V, the biggest matrix product when V is a real vocabulary) runs on
+    the N real target tokens instead of all B * T_tgt positions, padding included.
+    Returns (loss, logits (N, V), targets (N,)).
+    """
+    keep = padding_mask(batch.tgt_valid_len, batch.tgt.shape[1])  # (B, T_tgt)
+    if isinstance(model, EncoderDecoder):
+        features = model.features(batch.src, batch.src_valid_len, batch.dec_input)  # (B, T, D)
+        logits = model.output(features[keep])  # (N, V)
+    else:  # any other model with the same call signature
+        logits = model(batch.src, batch.src_valid_len, batch.dec_input)[keep]  # (N, V)
+    targets = batch.tgt[keep]  # (N,)
+    if targets.numel() == 0:
+        return logits.sum() * 0.0, logits, targets  # no real token: zero, not NaN
+    loss = F.cross_entropy(logits, targets, label_smoothing=label_smoothing, reduction=reduction)
+    return loss, logits, targets
+
+
 def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, *,
                 scheduler: Any = None, clip_grad: float | None = 1.0,
                 label_smoothing: float = 0.0, teacher_forcing: float = 1.0,
@@ -120,12 +145,12 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
     total_loss, total_tokens, total_norm, num_batches = 0.0, 0, 0.0, 0
     start = time.perf_counter()
     for batch in loader:
-        if teacher_forcing >= 1.0:
-            logits = model(batch.src, batch.src_valid_len, batch.dec_input)  # (B, T_tgt, V)
+        if teacher_forcing >= 1.0:  # mean per real token, logits only where the target is real
+            loss, _, _ = sequence_loss(model, batch, label_smoothing=label_smoothing)
         else:
             logits = scheduled_sampling_logits(model, batch, teacher_forcing)
-        loss = masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
-                                    label_smoothing=label_smoothing)  # mean per real token
+            loss = masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
+                                        label_smoothing=label_smoothing)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = clip_grad if clip_grad else math.inf  # inf: measure the norm, change nothing
@@ -166,12 +191,9 @@ def evaluate(model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:
     total_loss, correct, total_tokens = 0.0, 0, 0
     with _inference(model):
         for batch in loader:
-            logits = model(batch.src, batch.src_valid_len, batch.dec_input)  # (B, T, V)
-            total_loss += float(masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
-                                                     reduction="sum"))
-            positions = torch.arange(batch.tgt.shape[1], device=batch.tgt.device)
-            keep = positions[None, :] < batch.tgt_valid_len[:, None]  # (B, T): real tokens
-            correct += int(((logits.argmax(dim=-1) == batch.tgt) & keep).sum())
+            loss, logits, targets = sequence_loss(model, batch, reduction="sum")  # (N, V), (N,)
+            total_loss += float(loss)
+            correct += int((logits.argmax(dim=-1) == targets).sum())
             total_tokens += batch.num_target_tokens
     denominator = max(total_tokens, 1)
     return {"loss": total_loss / denominator, "accuracy": correct / denominator,

@@ -42,7 +42,7 @@ def make(name, tgt_vocab=TGT_V, seed=0):
     build, scale, eos_bias = MODELS[name]
     torch.manual_seed(seed)
     model = build(tgt_vocab).eval()
-    output = model.output if isinstance(model, Transformer) else model.dense
+    output = model.output
     with torch.no_grad():
         output.weight.mul_(scale)
         output.bias[EOS] += eos_bias

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+from course_lib.d2l_book import make_seq2seq_decoder
 from course_lib.data.batching import encode_pairs
 from course_lib.data.vocab import Vocab
 from course_lib.losses import masked_cross_entropy
@@ -216,7 +217,7 @@ def test_bahdanau_step_by_hand():
     context = (scores.softmax(-1).unsqueeze(-1) * keys).sum(1)  # (B, 2H)
     step_input = torch.cat([model.embedding(dec_input[:, 0]), context], dim=-1)  # (B, E + 2H)
     output, _ = model.rnn(step_input.unsqueeze(1), state.hidden)  # (B, 1, H)
-    close(logits, model.dense(output))
+    close(logits, model.output(output))
 
 
 # --- overfitting a fixed batch ---------------------------------------------------------------
@@ -290,37 +291,18 @@ def test_encoder_matches_d2l(d2l, num_layers):
     close(state, their_state)
 
 
-def book_decoder(d2l):
-    """The book's Seq2SeqDecoder (d2l §10.7) as d2l.Decoder: time-major, c = enc_outputs[-1]."""
-
-    class BookDecoder(d2l.Decoder):
-        def __init__(self, vocab_size, embed_size, num_hiddens, num_layers):
-            super().__init__()
-            self.embedding = nn.Embedding(vocab_size, embed_size)
-            self.rnn = nn.GRU(embed_size + num_hiddens, num_hiddens, num_layers)
-            self.dense = nn.Linear(num_hiddens, vocab_size)
-
-        def init_state(self, enc_all_outputs, *args):
-            return enc_all_outputs  # (outputs (T, B, H), state (L, B, H))
-
-        def forward(self, X, state):
-            enc_outputs, hidden = state
-            embs = self.embedding(X.t())  # (T_tgt, B, E)
-            context = enc_outputs[-1].expand(embs.shape[0], -1, -1)  # (B, H) -> (T_tgt, B, H)
-            outputs, hidden = self.rnn(torch.cat([embs, context], dim=-1), hidden)
-            return self.dense(outputs).transpose(0, 1), (enc_outputs, hidden)  # (B, T, V)
-
-    return BookDecoder(TGT_V, E, H, 2)
-
-
 def test_seq2seq_gru_matches_d2l_encoder_decoder(d2l):
     torch.manual_seed(0)
-    theirs = d2l.EncoderDecoder(d2l.Seq2SeqEncoder(SRC_V, E, H, 2), book_decoder(d2l)).eval()
+    book_decoder = make_seq2seq_decoder(TGT_V, E, H, 2)  # the book's decoder, not in d2l's package
+    theirs = d2l.EncoderDecoder(d2l.Seq2SeqEncoder(SRC_V, E, H, 2), book_decoder).eval()
     ours = Seq2SeqGRU(SRC_V, TGT_V, embed_size=E, num_hiddens=H, num_layers=2).eval()
     ours.encoder.embedding.load_state_dict(theirs.encoder.embedding.state_dict())
     copy_gru(ours.encoder.rnn, theirs.encoder.rnn.rnn)
-    for name in ("embedding", "rnn", "dense"):
-        getattr(ours, name).load_state_dict(getattr(theirs.decoder, name).state_dict())
+    ours.embedding.load_state_dict(theirs.decoder.embedding.state_dict())
+    copy_gru(ours.rnn, theirs.decoder.rnn.rnn)
+    with torch.no_grad():  # the book's LazyLinear gets its weights on a first forward
+        theirs(torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 2, dtype=torch.long))
+    ours.output.load_state_dict(theirs.decoder.dense.state_dict())
     src, valid, dec_input = make_batch()
     full = torch.full((B,), T_SRC)
     close(ours(src, full, dec_input), theirs(src, dec_input))

@@ -172,7 +172,7 @@ class NormRecordingSGD(torch.optim.SGD):
 def test_gradient_clipping_caps_the_norm_the_optimizer_sees(data, batch):
     model = new_model(data)
     with torch.no_grad():
-        model.dense.weight.mul_(50.0)  # huge logits: huge loss and gradients
+        model.output.weight.mul_(50.0)  # huge logits: huge loss and gradients
     for clip, capped in ((0.5, True), (None, False)):
         optimizer = NormRecordingSGD(model.parameters(), lr=0.0)
         result = train_epoch(model, [batch], optimizer, clip_grad=clip)
@@ -374,7 +374,7 @@ def test_checkpoint_round_trip_restores_outputs_optimizer_and_extra(data, batch,
 def test_loading_into_a_model_of_another_shape_names_the_parameters(data, tmp_path):
     path = tmp_path / "model.pt"
     save_checkpoint(path, new_model(data))
-    with pytest.raises(ValueError, match=r"dense.weight: checkpoint \(31, 64\) vs model "
+    with pytest.raises(ValueError, match=r"output.weight: checkpoint \(31, 64\) vs model "
                                          r"\(31, 48\)"):
         load_checkpoint(path, new_model(data, num_hiddens=48))
 
@@ -410,3 +410,23 @@ def test_make_bleu_fn_with_the_real_greedy_decoder_scores_a_trained_model_high(d
     model, _, _ = trained
     assert bleu_fn(model) > 50.0
     assert 0.0 <= bleu_fn(new_model(data)) < 20.0
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_sequence_loss_equals_masked_loss_on_full_logits(smoothing):
+    """Computing logits only at real target positions changes the work, not the numbers."""
+    from course_lib.models.transformer import Transformer, TransformerConfig
+    from course_lib.training import sequence_loss
+
+    torch.manual_seed(0)
+    data = TranslationData(numbers_dataset(0, 299, seed=0), num_steps=12, batch_size=16)
+    batch = next(iter(data.loader("train")))
+    assert (batch.tgt_valid_len < batch.tgt.shape[1]).any()  # the batch has padding
+    for model in (Seq2SeqGRU(len(data.src_vocab), len(data.tgt_vocab), 16, 32),
+                  Transformer(TransformerConfig.tiny(len(data.src_vocab), len(data.tgt_vocab)))):
+        full = masked_cross_entropy(model(batch.src, batch.src_valid_len, batch.dec_input),
+                                    batch.tgt, batch.tgt_valid_len, label_smoothing=smoothing)
+        packed, logits, targets = sequence_loss(model, batch, label_smoothing=smoothing)
+        torch.testing.assert_close(packed, full, rtol=0, atol=1e-6)
+        assert logits.shape == (batch.num_target_tokens, len(data.tgt_vocab))
+        assert targets.shape == (batch.num_target_tokens,)

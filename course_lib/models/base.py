@@ -11,6 +11,11 @@ serve the GRU, Bahdanau and Transformer models alike because each of them offers
   (B, T) and get their logits (B, T, V) and the updated state. Decoding token by token with
   ``decode`` gives the same logits as ``forward`` on the whole sequence.
 
+Subclasses implement ``encode`` and ``decode_features`` (the decoder's last hidden states,
+(B, T, D)); ``decode`` applies the shared ``output`` layer (D -> V) to them. Keeping the two
+apart lets training compute logits only where the target is real, not at padding
+(``course_lib.training.sequence_loss``), which saves much of the work when V is large.
+
 A ``DecoderState`` holds tensors whose batch dimension can be reordered, so beam search can
 keep, drop and duplicate hypotheses with ``state.reorder(index)``.
 
@@ -62,21 +67,36 @@ def _select(value: Any, index: torch.Tensor, dim: int) -> Any:
 
 
 class EncoderDecoder(nn.Module):
-    """Base class: subclasses implement ``encode`` and ``decode``; ``forward`` is shared."""
+    """Base class: subclasses implement ``encode`` and ``decode_features`` and set ``output``
+    (an ``nn.Linear`` from the decoder's width to the target vocabulary)."""
+
+    output: nn.Linear
 
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> DecoderState:
         raise NotImplementedError
 
+    def decode_features(self, dec_input: torch.Tensor,
+                        state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
+        """Decoder hidden states (B, T, D) for dec_input (B, T), and the state after them."""
+        raise NotImplementedError
+
     def decode(self, dec_input: torch.Tensor,
                state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        raise NotImplementedError
+        """Logits (B, T, V) for the next decoder tokens dec_input (B, T), and the new state."""
+        features, state = self.decode_features(dec_input, state)
+        return self.output(features), state
+
+    def features(self, src: torch.Tensor, src_valid_len: torch.Tensor,
+                 dec_input: torch.Tensor) -> torch.Tensor:
+        """Decoder hidden states (B, T_tgt, D) for every target position (teacher forcing)."""
+        _check_batch(src, src_valid_len, dec_input)
+        features, _ = self.decode_features(dec_input, self.encode(src, src_valid_len))
+        return features
 
     def forward(self, src: torch.Tensor, src_valid_len: torch.Tensor,
                 dec_input: torch.Tensor) -> torch.Tensor:
         """Logits (B, T_tgt, V) for every target position, given the whole decoder input."""
-        _check_batch(src, src_valid_len, dec_input)
-        logits, _ = self.decode(dec_input, self.encode(src, src_valid_len))
-        return logits
+        return self.output(self.features(src, src_valid_len, dec_input))
 
 
 def _check_batch(src: torch.Tensor, src_valid_len: torch.Tensor,

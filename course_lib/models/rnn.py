@@ -131,7 +131,7 @@ class Seq2SeqGRU(EncoderDecoder):
         self.embedding = nn.Embedding(tgt_vocab_size, embed_size)
         self.rnn = nn.GRU(embed_size + num_hiddens, num_hiddens, num_layers, batch_first=True,
                           dropout=dropout if num_layers > 1 else 0.0)
-        self.dense = nn.Linear(num_hiddens, tgt_vocab_size)
+        self.output = nn.Linear(num_hiddens, tgt_vocab_size)
         self.apply(init_weights)
 
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> GRUState:
@@ -139,15 +139,15 @@ class Seq2SeqGRU(EncoderDecoder):
         _, state = self.encoder(src, src_valid_len)  # (L, B, H)
         return GRUState(hidden=state, context=state[-1])
 
-    def decode(self, dec_input: torch.Tensor, state: GRUState
-               ) -> tuple[torch.Tensor, GRUState]:
-        """Logits (B, T_tgt, V) for dec_input (B, T_tgt), and the state after it."""
+    def decode_features(self, dec_input: torch.Tensor, state: GRUState
+                        ) -> tuple[torch.Tensor, GRUState]:
+        """GRU outputs (B, T_tgt, H) for dec_input (B, T_tgt), and the state after it."""
         _check_dec_input(dec_input, state.context.shape[0])
         T = dec_input.shape[1]
         X = self.embedding(dec_input)  # (B, T, E)
         context = state.context.unsqueeze(1).expand(-1, T, -1)  # (B, H) -> (B, T, H)
         outputs, hidden = self.rnn(torch.cat([X, context], dim=-1), state.hidden)  # (B, T, H)
-        return self.dense(outputs), GRUState(hidden=hidden, context=state.context)
+        return outputs, GRUState(hidden=hidden, context=state.context)
 
 
 @dataclasses.dataclass
@@ -175,7 +175,7 @@ class Seq2SeqBahdanau(EncoderDecoder):
         self.embedding = nn.Embedding(tgt_vocab_size, embed_size)
         self.rnn = nn.GRU(embed_size + enc_size, num_hiddens, num_layers, batch_first=True,
                           dropout=dropout if num_layers > 1 else 0.0)
-        self.dense = nn.Linear(num_hiddens, tgt_vocab_size)
+        self.output = nn.Linear(num_hiddens, tgt_vocab_size)
         self.attention_weights: torch.Tensor | None = None  # (B, T_tgt, T_src), last decode
         self.apply(init_weights)
 
@@ -184,9 +184,9 @@ class Seq2SeqBahdanau(EncoderDecoder):
         enc_outputs, state = self.encoder(src, src_valid_len)  # (B, T_src, H_enc), (L, B, H)
         return BahdanauState(enc_outputs=enc_outputs, src_valid_len=src_valid_len, hidden=state)
 
-    def decode(self, dec_input: torch.Tensor, state: BahdanauState
-               ) -> tuple[torch.Tensor, BahdanauState]:
-        """Logits (B, T_tgt, V) for dec_input (B, T_tgt), one attention step per token."""
+    def decode_features(self, dec_input: torch.Tensor, state: BahdanauState
+                        ) -> tuple[torch.Tensor, BahdanauState]:
+        """GRU outputs (B, T_tgt, H) for dec_input (B, T_tgt), one attention step per token."""
         _check_dec_input(dec_input, state.hidden.shape[1])
         X = self.embedding(dec_input)  # (B, T, E)
         enc_outputs, hidden = state.enc_outputs, state.hidden
@@ -204,4 +204,4 @@ class Seq2SeqBahdanau(EncoderDecoder):
         self.attention_weights = (torch.cat(weights, dim=1) if weights
                                   else X.new_zeros(B, 0, T_src))  # (B, T_tgt, T_src)
         new_state = dataclasses.replace(state, hidden=hidden)
-        return self.dense(outputs), new_state  # (B, T_tgt, V)
+        return outputs, new_state  # (B, T_tgt, H)

@@ -258,7 +258,14 @@ class Transformer(EncoderDecoder):
 
     def decode(self, dec_input: torch.Tensor, state: TransformerState,
                use_cache: bool | None = None) -> tuple[torch.Tensor, TransformerState]:
-        """Logits (B, T_new, V) of the new decoder tokens dec_input (B, T_new), and a new state.
+        """Logits (B, T_new, V) of the new decoder tokens dec_input (B, T_new), and a new state;
+        ``use_cache`` overrides ``self.use_cache`` for this call."""
+        features, state = self.decode_features(dec_input, state, use_cache)
+        return self.output(features), state
+
+    def decode_features(self, dec_input: torch.Tensor, state: TransformerState,
+                        use_cache: bool | None = None) -> tuple[torch.Tensor, TransformerState]:
+        """Final hidden states (B, T_new, D) of the new decoder tokens dec_input (B, T_new).
 
         With the cache only the new tokens run, attending to earlier positions through the
         cached keys/values; without it all tokens so far run again and the new ones' logits
@@ -284,10 +291,10 @@ class Transformer(EncoderDecoder):
                                              use_cache, kv)
             cache.append(layer_cache)
             memory_kv.append(layer_kv)
-        logits = self.output(self.decoder_norm(X[:, -T_new:]))  # (B, T_new, V)
+        features = self.decoder_norm(X[:, -T_new:])  # (B, T_new, D)
         new_state = dataclasses.replace(state, cache=cache, memory_kv=memory_kv,
                                         past_tokens=tokens, offset=state.offset + T_new)
-        return logits, new_state
+        return features, new_state
 
     def encoder_attention_weights(self) -> list[torch.Tensor | None]:
         """Per encoder layer, the last self-attention weights (B, H, T_src, T_src)."""
