@@ -84,29 +84,35 @@ def _inference(model: nn.Module) -> Iterator[None]:
 def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor,
                     max_len: int, bos: int, eos: int, pad: int,
                     choose: Callable[[torch.Tensor], torch.Tensor]) -> DecodeResult:
-    """Shared loop of greedy and sampling: ``choose`` maps logits (B, V) to tokens (B,)."""
+    """Shared loop of greedy and sampling: ``choose`` maps logits (R, V) to tokens (R,).
+
+    Sentences that have emitted ``<eos>`` leave the batch (``state.reorder``), so later steps
+    only compute the R sentences still running.
+    """
     with _inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
+        rows = torch.arange(B, device=device)  # (R,) which sentence each state row belongs to
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
-        stopped = torch.zeros(B, dtype=torch.bool, device=device)
+        tokens = torch.full((B, max_len), pad, dtype=torch.long, device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         log_probs = torch.zeros(B, device=device)
-        steps = []
-        for _ in range(max_len):
-            logits, state = model.decode(token, state)  # (B, 1, V): only the new token runs
-            logits = logits[:, -1].float()  # (B, V)
-            chosen = choose(logits)  # (B,)
-            log_p = logits.log_softmax(dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1)  # (B,)
-            chosen = chosen.masked_fill(stopped, pad)  # stopped sentences only get padding
-            log_probs += log_p.masked_fill(stopped, 0.0)
-            lengths += (~stopped).long()
-            steps.append(chosen)
-            stopped |= chosen == eos
-            if bool(stopped.all()):
+        for t in range(max_len):
+            logits, state = model.decode(token, state)  # (R, 1, V): only the new token runs
+            logits = logits[:, -1].float()  # (R, V)
+            chosen = choose(logits)  # (R,)
+            log_p = logits.log_softmax(dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1)  # (R,)
+            tokens[rows, t] = chosen
+            log_probs[rows] += log_p
+            lengths[rows] += 1
+            running = chosen != eos  # (R,)
+            if not bool(running.any()):
                 break
-            token = chosen.unsqueeze(1)  # (B, 1)
-        tokens = torch.stack(steps, dim=1)  # (B, T)
+            if not bool(running.all()):  # drop finished sentences from the batch
+                keep = running.nonzero().squeeze(1)
+                state, rows, chosen = state.reorder(keep), rows[keep], chosen[keep]
+            token = chosen.unsqueeze(1)  # (R, 1)
+        tokens = tokens[:, :max(int(lengths.max()), 1)]  # (B, T)
     return DecodeResult(tokens, lengths, log_probs, log_probs.clone())
 
 
@@ -175,54 +181,59 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
     with _inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
-        sentence = torch.arange(B, device=device)
-        state = state.reorder(sentence.repeat_interleave(K))  # row b*K + k: sentence b, beam k
+        state = state.reorder(torch.arange(B, device=device).repeat_interleave(K))  # row s*K + k
+        alive = list(range(B))  # which sentence each of the S rows of (S, K) tensors belongs to
         # Log-probabilities of the live prefixes; only beam 0 exists at first (no duplicates).
         live = torch.full((B, K), float("-inf"), device=device)
         live[:, 0] = 0.0
-        prefixes = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (B, K, length)
+        prefixes = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (S, K, length)
         token = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
         finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-        done = [False] * B
         for length in range(1, max_len + 1):
-            logits, state = model.decode(token, state)  # (B*K, 1, V)
+            S = len(alive)
+            logits, state = model.decode(token, state)  # (S*K, 1, V)
             V = logits.shape[-1]
-            step = logits[:, -1].float().log_softmax(dim=-1).view(B, K, V)
-            candidates = (live.unsqueeze(-1) + step).view(B, K * V)  # every one-token extension
+            step = logits[:, -1].float().log_softmax(dim=-1).view(S, K, V)
+            candidates = (live.unsqueeze(-1) + step).view(S, K * V)  # every one-token extension
             # Each beam has one <eos> extension, so the best 2K hold at least K others.
-            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (B, 2K)
-            top_beam, top_token = top_index // V, top_index % V  # (B, 2K) each
+            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (S, 2K)
+            top_beam, top_token = top_index // V, top_index % V  # (S, 2K) each
             is_eos = top_token == eos
             ends = is_eos[:, :K] & top_scores[:, :K].isfinite()  # <eos> among the best K
-            for b, rank in ends.nonzero().tolist():
-                if not done[b]:
-                    tokens = prefixes[b, top_beam[b, rank]].tolist() + [eos]
-                    _add_finished(finished[b], tokens, top_scores[b, rank].item(),
-                                  length_penalty, K)
+            for s, rank in ends.nonzero().tolist():
+                tokens = prefixes[s, top_beam[s, rank]].tolist() + [eos]
+                _add_finished(finished[alive[s]], tokens, top_scores[s, rank].item(),
+                              length_penalty, K)
             # The new beam: the best K extensions that do not end in <eos>, best first.
             rank = torch.arange(top_index.shape[1], device=device).expand_as(top_index)
             keep = torch.where(is_eos, rank + top_index.shape[1], rank).argsort(dim=1)[:, :K]
-            live = top_scores.gather(1, keep)  # (B, K)
-            beam, token = top_beam.gather(1, keep), top_token.gather(1, keep)  # (B, K) each
+            live = top_scores.gather(1, keep)  # (S, K)
+            beam, token = top_beam.gather(1, keep), top_token.gather(1, keep)  # (S, K) each
             prefixes = torch.cat([prefixes.gather(1, beam.unsqueeze(-1).expand_as(prefixes)),
-                                  token.unsqueeze(-1)], dim=2)  # (B, K, length)
-            state = state.reorder((sentence.unsqueeze(1) * K + beam).view(-1))  # follow parents
-            token = token.view(B * K, 1)
+                                  token.unsqueeze(-1)], dim=2)  # (S, K, length)
+            parents = torch.arange(S, device=device).unsqueeze(1) * K + beam  # (S, K)
             if length == max_len:
                 break
             # Best any live hypothesis can still reach: log p <= now <= 0, length <= max_len.
             bounds = (live.max(dim=1).values / max_len ** length_penalty).tolist()
-            for b in range(B):
-                pool = finished[b]
-                if bounds[b] == float("-inf") or (len(pool) == K and pool[-1].score >= bounds[b]):
-                    done[b] = True
-            if all(done):
+            going = [s for s in range(S) if not (
+                bounds[s] == float("-inf") or (len(finished[alive[s]]) == K
+                                               and finished[alive[s]][-1].score >= bounds[s]))]
+            if not going:
                 break
-        for b in range(B):  # sentences that reached max_len: live hypotheses finish there
-            for k in range(K):
-                if not done[b] and live[b, k].isfinite():
-                    _add_finished(finished[b], prefixes[b, k].tolist(), live[b, k].item(),
-                                  length_penalty, K)
+            if len(going) < S:  # done sentences leave the batch: later steps skip their rows
+                index = torch.tensor(going, device=device)
+                live, prefixes = live[index], prefixes[index]
+                parents, token = parents[index], token[index]
+                alive = [alive[s] for s in going]
+            state = state.reorder(parents.view(-1))  # follow the surviving parents
+            token = token.reshape(-1, 1)  # (S*K, 1)
+        if length == max_len:  # sentences still going at max_len: live hypotheses finish there
+            for s, b in enumerate(alive):
+                for k in range(K):
+                    if live[s, k].isfinite():
+                        _add_finished(finished[b], prefixes[s, k].tolist(), live[s, k].item(),
+                                      length_penalty, K)
     best = [pool[0] for pool in finished]
     T = max(len(h.tokens) for h in best)
     tokens = torch.full((B, T), pad, dtype=torch.long, device=device)

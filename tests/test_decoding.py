@@ -141,10 +141,17 @@ def test_decode_feeds_only_the_new_token(name, decoder):
     model.decode = spy
     if decoder == "greedy":
         result = greedy_decode(model, src, valid, max_len=MAX_LEN)
-        assert calls == [(B, 1)] * int(result.lengths.max())  # stops when every row stopped
+        # Step t runs only the sentences still going (finished ones leave the batch), and the
+        # loop stops when every sentence has stopped.
+        running = [int((result.lengths > t).sum()) for t in range(int(result.lengths.max()))]
+        assert calls == [(r, 1) for r in running]
+        assert running[-1] < B  # this model's sentences do end at different steps
     else:
         beam_search(model, src, valid, beam_size=3, max_len=MAX_LEN)
-        assert 1 <= len(calls) <= MAX_LEN and set(calls) == {(3 * B, 1)}
+        rows = [r for r, _ in calls]
+        assert 1 <= len(calls) <= MAX_LEN and all(width == 1 for _, width in calls)
+        assert rows[0] == 3 * B and all(r % 3 == 0 for r in rows)  # K rows per live sentence
+        assert rows == sorted(rows, reverse=True)  # finished sentences leave the batch
 
 
 def all_sequences(vocab_size, max_len):
