@@ -25,15 +25,15 @@ A sentence stops at its first ``<eos>``: later positions hold ``<pad>`` and coun
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import torch
 from torch import nn
 
 from course_lib.data.translation import TranslationData
 from course_lib.data.vocab import Vocab
+from course_lib.models.base import inference
 
 __all__ = ["Hypothesis", "DecodeResult", "greedy_decode", "beam_search", "sample_decode",
            "translate"]
@@ -69,18 +69,6 @@ def _check_at_least(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-@contextlib.contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) and no autograd; the model's training flag is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor,
                     max_len: int, bos: int, eos: int, pad: int,
                     choose: Callable[[torch.Tensor], torch.Tensor]) -> DecodeResult:
@@ -89,7 +77,7 @@ def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Te
     Sentences that have emitted ``<eos>`` leave the batch (``state.reorder``), so later steps
     only compute the R sentences still running.
     """
-    with _inference(model):
+    with inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
         rows = torch.arange(B, device=device)  # (R,) which sentence each state row belongs to
@@ -178,7 +166,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
     K = beam_size
-    with _inference(model):
+    with inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
         state = state.reorder(torch.arange(B, device=device).repeat_interleave(K))  # row s*K + k

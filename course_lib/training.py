@@ -15,14 +15,13 @@ Notation: B batch · T time (T_tgt target) · V vocabulary size.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import math
 import os
 import random
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +33,7 @@ from torch.nn import functional as F
 from course_lib.data.batching import Batch
 from course_lib.losses import masked_cross_entropy
 from course_lib.masking import padding_mask
-from course_lib.models.base import EncoderDecoder
+from course_lib.models.base import EncoderDecoder, inference
 
 __all__ = ["set_seed", "NoamSchedule", "noam_lambda", "scheduled_sampling_logits",
            "sequence_loss", "train_epoch", "evaluate", "History", "fit", "make_bleu_fn",
@@ -171,25 +170,13 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
             "grad_norm": total_norm / max(num_batches, 1)}
 
 
-@contextlib.contextmanager
-def _inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) without autograd; the model's previous mode is restored after."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            yield
-    finally:
-        model.train(was_training)
-
-
 def evaluate(model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:
     """Teacher-forced ``loss`` (per real token, no smoothing) and token ``accuracy``.
 
     Runs in eval mode without gradients and puts the model back in the mode it was in.
     """
     total_loss, correct, total_tokens = 0.0, 0, 0
-    with _inference(model):
+    with inference(model):
         for batch in loader:
             loss, logits, targets = sequence_loss(model, batch, reduction="sum")  # (N, V), (N,)
             total_loss += float(loss)
@@ -376,7 +363,7 @@ def make_bleu_fn(data: Any, split: str = "valid", *, max_sentences: int | None =
         from course_lib.decoding import greedy_decode
 
         hypotheses: list[str] = []
-        with _inference(model):
+        with inference(model):
             for i in range(0, count, batch_size):
                 rows = slice(i, min(i + batch_size, count))
                 result = greedy_decode(model, tensors.src[rows], tensors.src_valid_len[rows],

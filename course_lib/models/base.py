@@ -24,13 +24,15 @@ Notation: B batch · T time · V vocabulary size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import torch
 from torch import nn
 
-__all__ = ["DecoderState", "EncoderDecoder"]
+__all__ = ["DecoderState", "EncoderDecoder", "inference"]
 
 
 @dataclasses.dataclass
@@ -112,3 +114,15 @@ def _check_batch(src: torch.Tensor, src_valid_len: torch.Tensor,
     if dec_input.shape[0] != src.shape[0]:
         raise ValueError(f"src and dec_input batch sizes differ: {src.shape[0]} vs "
                          f"{dec_input.shape[0]}")
+
+
+@contextlib.contextmanager
+def inference(model: nn.Module) -> Iterator[None]:
+    """Eval mode (no dropout) without autograd; the model's previous mode is restored after."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield
+    finally:
+        model.train(was_training)
