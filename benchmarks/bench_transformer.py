@@ -7,10 +7,12 @@ book's masked loss. The course's side is ``course_lib.models.transformer.Transfo
 same size (``use_sdpa=True``), trained with the same optimiser, clipping and loss value
 (``course_lib.training.sequence_loss``, which computes logits only at real target positions).
 
-Training: non-padding target tokens per second over the same minibatches, for
-  1. the course model on d2l's fixed-shape batches (every batch padded to num_steps), and
-  2. the course model on the same sentences with bucketing and padding trimmed (what the course
-     teaches, ``TranslationData(..., bucket=True)``).
+Training: non-padding target tokens per second, for
+  1. the course model on d2l's fixed-shape batches (every batch padded to num_steps);
+  2. the course model on the same batches (same sentences, same order) with the columns that are
+     padding in every sentence of the batch cut off (``BatchLoader(trim=True)``);
+  3. the course model on the same sentences bucketed by length and trimmed (what the course
+     teaches, ``TranslationData(..., bucket=True)``): other batches, the same data.
 Decoding (eval mode, 1,000 test sentences, batches of 128, max 12 steps, source padding trimmed
 to each batch's longest sentence; once in corpus order, once sorted by source length so that a
 batch's sentences end together, as fairseq and other toolkits batch at inference time):
@@ -157,11 +159,13 @@ def main(argv: list[str] | None = None) -> int:
     num_batches = 2 if args.quick else 30
     fixed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, seed=0)  # padded to 12
     fixed_batches = [b for _, b in zip(range(num_batches), fixed, strict=False)]
+    trimmed_batches = [b.select(slice(None)) for b in fixed_batches]  # same rows, less padding
     bucketed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, bucket=True, seed=0)
     bucketed_batches = [b for _, b in zip(range(num_batches), bucketed, strict=False)]
     rates = side_by_side({
         "d2l (book)": trainer(d2l_model, fixed_batches, True, pad),
         "ours, same padded batches": trainer(ours, fixed_batches, False, pad),
+        "ours, same batches trimmed": trainer(ours, trimmed_batches, False, pad),
         "ours, bucketed + trimmed": trainer(ours, bucketed_batches, False, pad),
     }, repeats)
     base = median(rates["d2l (book)"])
