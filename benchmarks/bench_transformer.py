@@ -13,9 +13,10 @@ Training: non-padding target tokens per second, for
      padding in every sentence of the batch cut off (``BatchLoader(trim=True)``);
   3. the course model on the same sentences bucketed by length and trimmed (what the course
      teaches, ``TranslationData(..., bucket=True)``): other batches, the same data.
-Decoding (eval mode, 1,000 test sentences, batches of 128, max 12 steps, source padding trimmed
-to each batch's longest sentence; once in corpus order, once sorted by source length so that a
-batch's sentences end together, as fairseq and other toolkits batch at inference time):
+Decoding (eval mode, 1,000 test sentences, max 12 steps, source padding trimmed to each batch's
+longest sentence): batches of 128 in corpus order; batches of 128 sorted by source length (a
+batch's sentences then end together, as fairseq and other toolkits batch at inference time);
+and all 1,000 sentences in one batch:
   d2l's ``predict_step`` (runs all 12 steps, re-projects the cached block inputs each step),
   our greedy decoding with and without the key/value cache, and our beam search (beam 4).
   Every candidate decodes the same batches.
@@ -108,12 +109,12 @@ def trainer(model, batches, is_d2l: bool, pad: int):
 
 
 def decoder_runs(d2l_model, ours, data: TranslationData, num_sentences: int,
-                 sort_by_length: bool):
+                 sort_by_length: bool, batch_size: int):
     test = data.tensors["test"]
     index = torch.arange(min(num_sentences, test.num_sequences))
     if sort_by_length:  # similar lengths share a batch: less padding, sentences end together
         index = index[torch.argsort(test.src_valid_len[index], stable=True)]
-    batches = [test.select(chunk) for chunk in index.split(BATCH)]  # padding trimmed
+    batches = [test.select(chunk) for chunk in index.split(batch_size)]  # padding trimmed
     bos, eos = data.tgt_vocab.bos, data.tgt_vocab.eos
 
     def d2l_predict() -> float:
@@ -188,18 +189,21 @@ def main(argv: list[str] | None = None) -> int:
     ours.eval()
     num_sentences = 256 if args.quick else 1000
     decode_rows = []
-    for sort_by_length in (False, True):
+    settings = [(False, BATCH), (True, BATCH), (True, num_sentences)]  # last: one batch of all
+    for sort_by_length, batch_size in settings:
         order = "sorted by source length" if sort_by_length else "in corpus order"
         decode_rates = side_by_side(
-            decoder_runs(d2l_model, ours, data, num_sentences, sort_by_length), repeats)
+            decoder_runs(d2l_model, ours, data, num_sentences, sort_by_length, batch_size),
+            repeats)
         base = median(decode_rates["d2l predict_step"])
         greedy = median(decode_rates["ours greedy, KV cache"])
-        table = [{"benchmark": f"decoding, {order}", "what": name, "median_per_s": median(r),
+        setting = f"decoding, batches of {batch_size}, {order}"
+        table = [{"benchmark": setting, "what": name, "median_per_s": median(r),
                   "unit": "sentences/s", "ratio_vs_d2l": median(r) / base,
                   "time_vs_our_greedy": greedy / median(r), "repeats": repeats}
                  for name, r in decode_rates.items()]
-        print_table(f"Decoding {num_sentences} sentences {order} (batches of {BATCH}, max "
-                    f"{NUM_STEPS} steps, the same batches for all, medians of {repeats})",
+        print_table(f"Decoding {num_sentences} sentences, batches of {batch_size}, {order} "
+                    f"(max {NUM_STEPS} steps, the same batches for all, medians of {repeats})",
                     table, ["what", "median_per_s", "unit", "ratio_vs_d2l",
                             "time_vs_our_greedy"])
         decode_rows += table
