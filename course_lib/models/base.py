@@ -118,11 +118,16 @@ def _check_batch(src: torch.Tensor, src_valid_len: torch.Tensor,
 
 @contextlib.contextmanager
 def inference(model: nn.Module) -> Iterator[None]:
-    """Eval mode (no dropout) without autograd; the model's previous mode is restored after."""
+    """Eval mode (no dropout) without autograd; the model's previous mode is restored after.
+
+    ``torch.inference_mode`` rather than ``no_grad``: it also skips autograd's version
+    bookkeeping, which makes token-by-token decoding about a fifth faster on CPU. Tensors made
+    inside cannot enter a later backward pass; decoders and ``evaluate`` return plain results.
+    """
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.inference_mode():
             yield
     finally:
         model.train(was_training)
