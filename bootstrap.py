@@ -3,7 +3,8 @@
 
     python3 bootstrap.py            # set up .venv (idempotent, fast when nothing changed)
     python3 bootstrap.py build      # set up, then execute the lessons and build the course
-    python3 bootstrap.py test       # set up, then lint and run the whole test suite
+    python3 bootstrap.py test       # set up (and Debian's chromium for the browser test),
+                                    # then lint and run the whole test suite
     python3 bootstrap.py test -- -k bleu   # arguments after -- go to pytest
 
 Options: --venv PATH (default .venv), --no-venv (install into the running interpreter, e.g. an
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -76,6 +78,33 @@ def setup(venv_dir: Path | None) -> Path:
     return python
 
 
+def ensure_chromium() -> None:
+    """Install Debian's chromium for the JupyterLab browser test, where it is missing.
+
+    Playwright's own browser download needs the internet; Debian's package comes from the
+    package registry. Needs root and apt-get; elsewhere it says what to do and the test skips.
+    """
+    if any(Path(p).is_file() for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")):
+        return
+    if not shutil.which("apt-get") or not hasattr(os, "geteuid"):
+        print("note: the browser test needs Chromium; install it and set COURSE_CHROMIUM to "
+              "its path (it skips otherwise).", flush=True)
+        return
+    prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    if prefix and not shutil.which("sudo"):
+        print("note: the browser test needs Debian's chromium: run `sudo apt-get install "
+              "chromium` (it skips otherwise).", flush=True)
+        return
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    try:
+        run(prefix + ["apt-get", "update", "-qq"], env=env)
+        run(prefix + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+            env=env)
+    except (subprocess.CalledProcessError, OSError) as exc:
+        print(f"note: could not install chromium ({exc}); the browser test will skip.",
+              flush=True)
+
+
 def env_with_bin(python: Path) -> dict[str, str]:
     """The environment with the venv's bin first on PATH (nbgrader runs `alembic` from there)."""
     env = dict(os.environ)
@@ -102,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([str(python), "-m", "course_lib.cli", "build", *extra],
                               env=env, cwd=ROOT).returncode
     if args.job == "test":
+        ensure_chromium()
         code = subprocess.run([str(python), "-m", "pytest", *extra], env=env, cwd=ROOT).returncode
         if code == 5:
             print("pytest collected no tests: that counts as a failure.", file=sys.stderr)
