@@ -4,12 +4,19 @@
     course build --only 03       just the lessons whose file name contains "03"
     course --version
 
-Later subcommands (release, check, grade, feedback, export) wrap nbgrader.
+Graded homework, on nbgrader (see course_lib/grading/):
+
+    course release hw1_rnn_seq2seq | --all   regenerate assignments/ from solutions/
+    course check NOTEBOOK                    a student's run of the visible tests
+    course grade hw1_rnn_seq2seq             autograde submitted/*/hw1_rnn_seq2seq/
+    course feedback hw1_rnn_seq2seq          HTML per student, hidden tests left out
+    course export [--to grades.csv]          grades from the gradebook to CSV
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -98,6 +105,143 @@ def cmd_build(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def _grading_errors(func):
+    """Run a grading command; a set-up problem (GradingError) prints one line, exit code 2."""
+    @functools.wraps(func)
+    def run(args: argparse.Namespace) -> int:
+        from course_lib.grading.course import GradingError
+
+        try:
+            return func(args)
+        except GradingError as exc:
+            print(f"course {args.command}: error: {exc}", file=sys.stderr)
+            return 2
+    return run
+
+
+def _course(args: argparse.Namespace):
+    from course_lib.grading.course import Course
+
+    return Course.open(args.root)
+
+
+@_grading_errors
+def cmd_release(args: argparse.Namespace) -> int:
+    """Regenerate assignments/<name>/ from solutions/<name>/ (nbgrader generate_assignment)."""
+    import nbformat
+
+    from course_lib.grading.cells import total_points
+    from course_lib.grading.release import release_assignment
+
+    course = _course(args)
+    names = course.source_assignments() if args.all else args.assignments
+    if not names:
+        print(f"course release: nothing to release in {course.source_dir}.")
+        return 0
+    for name in names:
+        start = time.perf_counter()
+        target = release_assignment(course, name)
+        notebooks = sorted(target.glob("*.ipynb"))
+        points = sum(total_points(nbformat.read(path, as_version=4)) for path in notebooks)
+        print(f"released {name} -> {target.relative_to(course.root)}/ ({len(notebooks)} "
+              f"notebook(s), {points:g} points) in {time.perf_counter() - start:.1f} s")
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Run a notebook's visible tests in a fresh kernel and print a pass/fail summary."""
+    from course_lib.grading.check import check_notebook, format_report
+    from course_lib.grading.course import GradingError, ensure_scripts_on_path
+
+    ensure_scripts_on_path()
+    try:
+        report = check_notebook(args.notebook)
+    except (FileNotFoundError, ValueError, GradingError) as exc:
+        print(f"course check: error: {exc}", file=sys.stderr)
+        return 2
+    print(format_report(report))
+    return 0 if report.passed else 1
+
+
+@_grading_errors
+def cmd_grade(args: argparse.Namespace) -> int:
+    """Autograde every submission of an assignment into the gradebook; print a summary."""
+    from course_lib.grading.autograde import format_summary, grade_assignment
+    from course_lib.grading.course import GradingError
+
+    course = _course(args)
+    if args.jobs < 1:
+        raise GradingError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.jobs > 1:
+        print(f"course grade: --jobs {args.jobs}: submissions are graded one at a time for "
+              "now (parallel grading needs a sandbox per submission).", file=sys.stderr)
+    results = grade_assignment(course, args.assignment, students=args.student or None,
+                               jobs=args.jobs, progress=not args.no_progress)
+    print(format_summary(args.assignment, results))
+    return 0
+
+
+@_grading_errors
+def cmd_feedback(args: argparse.Namespace) -> int:
+    """Write HTML feedback per student to feedback/<student>/<assignment>/."""
+    from course_lib.grading.feedback import generate_feedback
+
+    course = _course(args)
+    results = generate_feedback(course, args.assignment, students=args.student or None)
+    if not results:
+        print(f"course feedback: no autograded submissions of {args.assignment}; run "
+              f"`course grade {args.assignment}` first.")
+    for result in results:
+        pages = ", ".join(str(page.relative_to(course.root)) for page in result.pages)
+        print(f"{result.student}: {pages or '-'}" + (f"  ERROR: {result.error}"
+                                                     if result.error else ""))
+    return 1 if any(result.error for result in results) else 0
+
+
+@_grading_errors
+def cmd_export(args: argparse.Namespace) -> int:
+    """Export the gradebook's grades to CSV (nbgrader's CSV export plugin)."""
+    from course_lib.grading.export import export_grades
+
+    course = _course(args)
+    to = args.to if args.to is not None else course.root / "grades.csv"
+    rows = export_grades(course, to, assignments=args.assignment or None)
+    print(f"wrote {rows} grade row(s) to {to}")
+    return 0
+
+
+def add_grading_commands(commands) -> None:
+    """The release, check, grade, feedback and export subcommands."""
+    release = commands.add_parser("release", help="regenerate assignments/ from solutions/")
+    which = release.add_mutually_exclusive_group(required=True)
+    which.add_argument("assignments", nargs="*", default=[], metavar="ASSIGNMENT")
+    which.add_argument("--all", action="store_true", help="every assignment in solutions/")
+    release.set_defaults(func=cmd_release)
+
+    check = commands.add_parser("check", help="run a notebook's visible tests before submitting")
+    check.add_argument("notebook", type=Path, metavar="NOTEBOOK")
+    check.set_defaults(func=cmd_check)
+
+    grade = commands.add_parser("grade", help="autograde submitted/*/ASSIGNMENT/")
+    grade.add_argument("assignment", metavar="ASSIGNMENT")
+    grade.add_argument("--jobs", type=int, default=1, metavar="N",
+                       help="accepted; submissions are graded one at a time for now")
+    grade.add_argument("--student", nargs="+", metavar="ID", help="only these students")
+    grade.add_argument("--no-progress", action="store_true", help="no progress bar")
+    grade.set_defaults(func=cmd_grade)
+
+    feedback = commands.add_parser("feedback", help="HTML feedback per student, no hidden tests")
+    feedback.add_argument("assignment", metavar="ASSIGNMENT")
+    feedback.add_argument("--student", nargs="+", metavar="ID", help="only these students")
+    feedback.set_defaults(func=cmd_feedback)
+
+    export = commands.add_parser("export", help="grades from the gradebook to CSV")
+    export.add_argument("--to", type=Path, default=None, metavar="FILE",
+                        help="output file (default: grades.csv in the course folder)")
+    export.add_argument("--assignment", nargs="+", metavar="NAME", help="only these")
+    export.set_defaults(func=cmd_export)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="course", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
@@ -113,6 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="set COURSE_QUICK=1 so lessons shrink their data (used by CI)")
     build.add_argument("--no-html", action="store_true", help="skip the HTML export")
     build.set_defaults(func=cmd_build)
+    add_grading_commands(commands)
     return parser
 
 
