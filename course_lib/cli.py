@@ -47,6 +47,9 @@ def _lessons(root: Path, only: list[str]) -> list[Path]:
     return notebooks
 
 
+INLINE_BACKEND = "module://matplotlib_inline.backend_inline"
+
+
 def execute_notebook(path: Path, out_dir: Path, *, timeout: int,
                      html: bool = True) -> tuple[float, str | None]:
     """Run a notebook top to bottom in a fresh kernel, save the executed copy (and HTML).
@@ -59,11 +62,14 @@ def execute_notebook(path: Path, out_dir: Path, *, timeout: int,
 
     notebook = nbformat.read(path, as_version=4)
     client = NotebookClient(notebook, timeout=timeout, kernel_name="python3",
+                            extra_arguments=["--IPKernelApp.log_level=ERROR"],
                             resources={"metadata": {"path": str(path.parent)}})
     error = None
     start = time.perf_counter()
     try:
-        client.execute()
+        # Figures as PNG outputs, as in JupyterLab: the inline backend, even where the calling
+        # process runs headless with MPLBACKEND=Agg (which would leave figures out).
+        client.execute(env=dict(os.environ, MPLBACKEND=INLINE_BACKEND))
     except CellExecutionError as exc:
         error = f"{exc.ename}: {exc.evalue}"
     except (CellTimeoutError, DeadKernelError) as exc:
@@ -88,7 +94,6 @@ def cmd_build(args: argparse.Namespace) -> int:
         print(f"course build: no lessons to run in {where}"
               + (f" matching {args.only}" if args.only else "") + ".")
         return 1 if args.only else 0
-    os.environ.setdefault("MPLBACKEND", "Agg")
     if args.quick:
         os.environ["COURSE_QUICK"] = "1"  # lessons shrink data and epochs, same code path
     print(f"Executing {len(lessons)} lesson(s) into {out_dir} ...", flush=True)
