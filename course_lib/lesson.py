@@ -43,21 +43,31 @@ class LessonSettings:
         return quick if self.quick else full
 
 
-def setup_lesson(seed: int = 0, threads: int | None = 2, *, verbose: bool = True
+AUTO = "auto"
+
+
+def setup_lesson(seed: int = 0, threads: int | str | None = AUTO, *, verbose: bool = True
                  ) -> LessonSettings:
     """Seed Python, NumPy and torch, cap torch's threads, and report the settings.
 
     Args:
         seed: the seed for every generator (lessons are deterministic on one machine).
-        threads: torch intra-op threads; 2 by default, as the course's timings were measured
-            with 2 (small models gain little from more). ``None`` keeps torch's default.
+        threads: torch intra-op threads. ``"auto"``: 2, as the course's timings were measured
+            with 2 (small models gain little from more), and 1 in quick mode, whose tiny models
+            only lose to thread synchronisation (badly so on a busy CI machine). ``None``
+            keeps torch's default.
     """
+    quick = quick_mode()
+    if threads == AUTO:
+        threads = 1 if quick else 2
     if threads is not None:
+        if not isinstance(threads, int) or isinstance(threads, bool):
+            raise ValueError(f"threads must be an int, None or 'auto', got {threads!r}")
         if threads < 1:
             raise ValueError(f"threads must be at least 1 (or None), got {threads}")
         torch.set_num_threads(threads)
     set_seed(seed)
-    settings = LessonSettings(seed=seed, threads=torch.get_num_threads(), quick=quick_mode())
+    settings = LessonSettings(seed=seed, threads=torch.get_num_threads(), quick=quick)
     if verbose:
         mode = "QUICK mode (COURSE_QUICK=1): small data, few epochs" if settings.quick \
             else "full mode"

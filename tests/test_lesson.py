@@ -36,3 +36,16 @@ def test_setup_seeds_every_generator_and_sets_threads(capsys):
 def test_bad_thread_count_is_rejected():
     with pytest.raises(ValueError, match="at least 1"):
         setup_lesson(threads=0, verbose=False)
+
+
+def test_auto_threads_are_two_for_students_and_one_in_quick_mode(monkeypatch):
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.setenv("COURSE_QUICK", "0")
+        assert setup_lesson(verbose=False).threads == 2
+        monkeypatch.setenv("COURSE_QUICK", "1")
+        assert setup_lesson(verbose=False).threads == 1
+        with pytest.raises(ValueError, match="'many'"):
+            setup_lesson(threads="many", verbose=False)
+    finally:
+        torch.set_num_threads(before)
