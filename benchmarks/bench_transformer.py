@@ -28,6 +28,8 @@ All runs use 2 torch threads and are interleaved; tables give medians over ``--r
 
     python benchmarks/bench_transformer.py            # full run (several minutes)
     python benchmarks/bench_transformer.py --quick    # smoke run for CI
+    python benchmarks/bench_transformer.py --decode-only --checkpoint /tmp/bt.pt  # decoding
+        # only; trains and saves both models the first time, loads them after
 """
 
 from __future__ import annotations
@@ -144,40 +146,34 @@ def decoder_runs(d2l_model, ours, data: TranslationData, num_sentences: int,
             "ours greedy, no cache": ours_greedy(False), "ours beam 4, KV cache": ours_beam}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
-    parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--csv", type=Path, default=RESULTS / "transformer.csv")
-    args = parser.parse_args(argv)
-    repeats = args.repeats or (1 if args.quick else 5)
-    torch.set_num_threads(2)
-    data = load_data(args.quick)
-    print(f"{machine()}\n{data}")
-    d2l_model, ours = make_models(data)
+def train_both(d2l_model, ours, data: TranslationData, quick: bool, repeats: int,
+               decode_only: bool) -> list[dict]:
+    """The training-throughput table (unless ``decode_only``), then warm-up training of both
+    models so decoding sees realistic (ending) outputs; returns the table's rows."""
     pad = data.tgt_vocab.pad
-
-    num_batches = 2 if args.quick else 30
-    fixed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, seed=0)  # padded to 12
-    fixed_batches = [b for _, b in zip(range(num_batches), fixed, strict=False)]
-    trimmed_batches = [b.select(slice(None)) for b in fixed_batches]  # same rows, less padding
-    bucketed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, bucket=True, seed=0)
-    bucketed_batches = [b for _, b in zip(range(num_batches), bucketed, strict=False)]
-    rates = side_by_side({
-        "d2l (book)": trainer(d2l_model, fixed_batches, True, pad),
-        "ours, same padded batches": trainer(ours, fixed_batches, False, pad),
-        "ours, same batches trimmed": trainer(ours, trimmed_batches, False, pad),
-        "ours, bucketed + trimmed": trainer(ours, bucketed_batches, False, pad),
-    }, repeats)
-    base = median(rates["d2l (book)"])
-    rows = [{"benchmark": "training", "what": name, "median_per_s": median(r),
-             "unit": "target tokens/s", "ratio_vs_d2l": median(r) / base, "repeats": repeats}
-            for name, r in rates.items()]
-    print_table(f"Training throughput ({num_batches} batches of {BATCH}, medians of {repeats})",
-                rows, ["what", "median_per_s", "unit", "ratio_vs_d2l"])
+    rows = []
+    if not decode_only:
+        num_batches = 2 if quick else 30
+        fixed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, seed=0)  # padded to 12
+        fixed_batches = [b for _, b in zip(range(num_batches), fixed, strict=False)]
+        trimmed_batches = [b.select(slice(None)) for b in fixed_batches]  # same rows, trimmed
+        bucketed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, bucket=True, seed=0)
+        bucketed_batches = [b for _, b in zip(range(num_batches), bucketed, strict=False)]
+        rates = side_by_side({
+            "d2l (book)": trainer(d2l_model, fixed_batches, True, pad),
+            "ours, same padded batches": trainer(ours, fixed_batches, False, pad),
+            "ours, same batches trimmed": trainer(ours, trimmed_batches, False, pad),
+            "ours, bucketed + trimmed": trainer(ours, bucketed_batches, False, pad),
+        }, repeats)
+        base = median(rates["d2l (book)"])
+        rows = [{"benchmark": "training", "what": name, "median_per_s": median(r),
+                 "unit": "target tokens/s", "ratio_vs_d2l": median(r) / base,
+                 "repeats": repeats} for name, r in rates.items()]
+        print_table(f"Training throughput ({num_batches} batches of {BATCH}, medians of "
+                    f"{repeats})", rows, ["what", "median_per_s", "unit", "ratio_vs_d2l"])
 
     # Train both a little further so decoding sees realistic (ending) outputs.
-    warm = 5 if args.quick else 150
+    warm = 5 if quick else 150
     for model, is_d2l in ((d2l_model, True), (ours, False)):
         batches = [b for _, b in zip(range(warm), BatchLoader(data.tensors["train"], BATCH,
                                                                 shuffle=True, seed=1),
@@ -186,6 +182,37 @@ def main(argv: list[str] | None = None) -> int:
         trainer(model, batches, is_d2l, pad)()
         print(f"warm-up training {'d2l' if is_d2l else 'ours'}: {warm} batches, "
               f"{time.perf_counter() - start:.1f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, for CI")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--csv", type=Path, default=RESULTS / "transformer.csv")
+    parser.add_argument("--decode-only", action="store_true",
+                        help="skip the training-throughput table (the models then train on the "
+                             "warm-up batches only) and do not write the CSV")
+    parser.add_argument("--checkpoint", type=Path, default=None,
+                        help="load both trained models from here if it exists, else save them")
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (1 if args.quick else 5)
+    torch.set_num_threads(2)
+    data = load_data(args.quick)
+    print(f"{machine()}\n{data}")
+    d2l_model, ours = make_models(data)
+
+    rows = []
+    if args.checkpoint is not None and args.checkpoint.is_file():
+        saved = torch.load(args.checkpoint)
+        d2l_model.load_state_dict(saved["d2l"])
+        ours.load_state_dict(saved["ours"])
+        print(f"loaded both trained models from {args.checkpoint}")
+    else:
+        rows = train_both(d2l_model, ours, data, args.quick, repeats, args.decode_only)
+        if args.checkpoint is not None:
+            torch.save({"d2l": d2l_model.state_dict(), "ours": ours.state_dict()},
+                       args.checkpoint)
     ours.eval()
     num_sentences = 256 if args.quick else 1000
     decode_rows = []
@@ -207,8 +234,9 @@ def main(argv: list[str] | None = None) -> int:
                     table, ["what", "median_per_s", "unit", "ratio_vs_d2l",
                             "time_vs_our_greedy"])
         decode_rows += table
-    write_csv(args.csv, [dict(r, time_vs_our_greedy=r.get("time_vs_our_greedy"))
-                         for r in rows + decode_rows])
+    if rows:  # the CSV always holds a training table
+        write_csv(args.csv, [dict(r, time_vs_our_greedy=r.get("time_vs_our_greedy"))
+                             for r in rows + decode_rows])
     return 0
 
 

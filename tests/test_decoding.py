@@ -418,3 +418,18 @@ def test_malformed_source_raises_value_error():
         greedy_decode(model, src, valid[:2], max_len=3)
     with pytest.raises(ValueError, match="src"):
         beam_search(model, src[0], valid, beam_size=2, max_len=3)
+
+
+def test_greedy_breaks_ties_towards_the_lower_token_id():
+    # Logits that ignore the input and tie tokens 5 and 7: greedy must pick 5 (torch.argmax's
+    # rule, the first maximum) at every step, whatever reduction picks the maximum.
+    model = make("transformer")
+    with torch.no_grad():
+        model.output.weight.zero_()
+        model.output.bias.fill_(-1.0)
+        model.output.bias[[5, 7]] = 1.0
+    src, valid = make_source()
+    result = greedy_decode(model, src, valid, max_len=4)
+    assert torch.equal(result.tokens, torch.full((B, 4), 5))
+    expected = 4 * (1.0 - math.log(2 * math.e + (TGT_V - 2) / math.e))  # 4 x log p(5)
+    close(result.log_probs, torch.full((B,), expected))

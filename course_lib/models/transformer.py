@@ -168,7 +168,9 @@ class DecoderBlock(nn.Module):
                 k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T_new, D/H)
                 v = torch.cat([past[1], v], dim=2)
             new_cache = (k, v)
-            keep = causal_mask(h.shape[1], k.shape[2], device=h.device)  # (T_new, T_all)
+            # One new token may see every position so far: no mask needed (the same numbers).
+            keep = (None if h.shape[1] == 1
+                    else causal_mask(h.shape[1], k.shape[2], device=h.device))  # (T_new, T_all)
             return mha.attend(q, k, v, keep)
 
         def cross_attend(h: torch.Tensor) -> torch.Tensor:
