@@ -52,14 +52,15 @@ def setup_lesson(seed: int = 0, threads: int | str | None = AUTO, *, verbose: bo
 
     Args:
         seed: the seed for every generator (lessons are deterministic on one machine).
-        threads: torch intra-op threads. ``"auto"``: 2, as the course's timings were measured
-            with 2 (small models gain little from more), and 1 in quick mode, whose tiny models
-            only lose to thread synchronisation (badly so on a busy CI machine). ``None``
-            keeps torch's default.
+        threads: torch intra-op threads. ``"auto"``: 2 on a machine with 4 or more CPUs, else
+            1, and 1 in quick mode. The course's models are small: a second thread gains
+            little, and where the cores are busy (a 2-core laptop running a browser, a shared
+            CI machine) OpenMP's spinning threads made training 10-40x slower than 1 thread
+            (measured). ``None`` keeps torch's default.
     """
     quick = quick_mode()
     if threads == AUTO:
-        threads = 1 if quick else 2
+        threads = 2 if (os.cpu_count() or 1) >= 4 and not quick else 1
     if threads is not None:
         if not isinstance(threads, int) or isinstance(threads, bool):
             raise ValueError(f"threads must be an int, None or 'auto', got {threads!r}")

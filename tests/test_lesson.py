@@ -38,11 +38,15 @@ def test_bad_thread_count_is_rejected():
         setup_lesson(threads=0, verbose=False)
 
 
-def test_auto_threads_are_two_for_students_and_one_in_quick_mode(monkeypatch):
+def test_auto_threads_two_on_four_cores_else_one_and_one_in_quick_mode(monkeypatch):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("COURSE_QUICK", "0")
+        monkeypatch.setattr("os.cpu_count", lambda: 8)
         assert setup_lesson(verbose=False).threads == 2
+        monkeypatch.setattr("os.cpu_count", lambda: 2)
+        assert setup_lesson(verbose=False).threads == 1
+        monkeypatch.setattr("os.cpu_count", lambda: 8)
         monkeypatch.setenv("COURSE_QUICK", "1")
         assert setup_lesson(verbose=False).threads == 1
         with pytest.raises(ValueError, match="'many'"):
