@@ -71,10 +71,16 @@ def jupyter_lab(tmp_path):
         pytest.fail(f"lesson {LESSON} is missing from notebooks/")
     work = tmp_path / "notebooks"
     shutil.copytree(ROOT / "notebooks", work, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    # Render every cell (JupyterLab's default windowing leaves cells scrolled out of view out
+    # of the page, so they could not be counted or checked).
+    settings = tmp_path / "settings" / "@jupyterlab" / "notebook-extension"
+    settings.mkdir(parents=True)
+    (settings / "tracker.jupyterlab-settings").write_text('{"windowingMode": "none"}')
     port, token = free_port(), secrets.token_hex(16)
     env = dict(os.environ, COURSE_QUICK="1", MPLBACKEND="module://matplotlib_inline.backend_inline",
                JUPYTER_CONFIG_DIR=str(tmp_path / "config"),
-               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"))
+               JUPYTER_RUNTIME_DIR=str(tmp_path / "runtime"),
+               JUPYTERLAB_SETTINGS_DIR=str(tmp_path / "settings"))
     env["PATH"] = str(Path(sys.executable).parent) + os.pathsep + env.get("PATH", "")
     log_path = tmp_path / "jupyter.log"
     log = log_path.open("w")
@@ -132,17 +138,17 @@ def test_lesson_01_runs_in_jupyterlab_in_a_real_browser(jupyter_lab, tmp_path):
             # Wait until every code cell has an execution count and the kernel is idle again.
             deadline = time.monotonic() + 240
             while time.monotonic() < deadline:
-                prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+                prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()
                 done = [p for p in prompts if p.strip()[1:-2].isdigit()]  # "[12]:"
-                idle = any("| Idle" in text for text in status.all_inner_texts())
+                idle = any("| Idle" in text for text in status.all_text_contents())
                 if idle and (len(done) == num_code_cells or errors.count()):
                     break  # finished, or stopped at a cell that raised
                 time.sleep(1)
             page.screenshot(path=str(tmp_path / "lesson01.png"), full_page=False)
 
             assert errors.count() == 0, (
-                "a cell raised in the browser:\n" + "\n".join(errors.all_inner_texts())[:2000])
-            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_inner_texts()
+                "a cell raised in the browser:\n" + "\n".join(errors.all_text_contents())[:2000])
+            prompts = page.locator(".jp-CodeCell .jp-InputPrompt").all_text_contents()
             assert len(done) == num_code_cells, (
                 f"expected all {num_code_cells} code cells executed, got prompts {prompts}")
             assert page.locator(".jp-OutputArea-output").count() >= num_code_cells // 2, (
