@@ -52,7 +52,7 @@ from course_lib.models.transformer import (
     EncoderBlock,
     FeedForward,
     TransformerConfig,
-    _add_norm,
+    add_norm,
 )
 
 __all__ = ["NATConfig", "NATEncoding", "NATDecoderBlock", "NATransformer",
@@ -137,11 +137,11 @@ class NATDecoderBlock(nn.Module):
         Self-attention keeps every real target key (before or after the query): the only mask
         is padding, so positions past tgt_valid_len influence nothing.
         """
-        X = _add_norm(X, lambda h: self.self_attention(h, h, h, tgt_valid_len), self.norm1,
+        X = add_norm(X, lambda h: self.self_attention(h, h, h, tgt_valid_len), self.norm1,
                       self.dropout, self.norm_first)
-        X = _add_norm(X, lambda h: self.cross_attention(h, memory, memory, src_valid_len),
+        X = add_norm(X, lambda h: self.cross_attention(h, memory, memory, src_valid_len),
                       self.norm2, self.dropout, self.norm_first)
-        return _add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
+        return add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
 
 
 class NATransformer(nn.Module):

@@ -40,7 +40,7 @@ from course_lib.attention import (
 from course_lib.masking import causal_mask, padding_mask
 from course_lib.models.base import DecoderState, EncoderDecoder
 
-__all__ = ["TransformerConfig", "FeedForward", "EncoderBlock", "DecoderBlock",
+__all__ = ["TransformerConfig", "FeedForward", "add_norm", "EncoderBlock", "DecoderBlock",
            "TransformerState", "Transformer", "count_parameters"]
 
 KVCache = tuple[torch.Tensor, torch.Tensor]  # keys, values: each (B, H, T_past, D/H)
@@ -96,7 +96,7 @@ class FeedForward(nn.Module):
         return self.linear2(self.dropout(F.relu(self.linear1(X))))  # (B, T, D)
 
 
-def _add_norm(X: torch.Tensor, sublayer, norm: nn.LayerNorm, dropout: nn.Dropout,
+def add_norm(X: torch.Tensor, sublayer, norm: nn.LayerNorm, dropout: nn.Dropout,
               norm_first: bool) -> torch.Tensor:
     """Residual connection: post-LN norm(X + f(X)), or pre-LN X + f(norm(X))."""
     if norm_first:
@@ -119,9 +119,9 @@ class EncoderBlock(nn.Module):
 
     def forward(self, X: torch.Tensor, valid_lens: torch.Tensor | None = None) -> torch.Tensor:
         """X (B, T_src, D), valid_lens (B,) real source lengths; returns (B, T_src, D)."""
-        X = _add_norm(X, lambda h: self.self_attention(h, h, h, valid_lens), self.norm1,
+        X = add_norm(X, lambda h: self.self_attention(h, h, h, valid_lens), self.norm1,
                       self.dropout, self.norm_first)
-        return _add_norm(X, self.ffn, self.norm2, self.dropout, self.norm_first)
+        return add_norm(X, self.ffn, self.norm2, self.dropout, self.norm_first)
 
 
 class DecoderBlock(nn.Module):
@@ -183,9 +183,9 @@ class DecoderBlock(nn.Module):
             keep = padding_mask(src_valid_len, memory.shape[1])[:, None, None, :]  # (B,1,1,T_src)
             return mha.attend(mha.split_heads(mha.W_q(h)), *memory_kv, keep)
 
-        X = _add_norm(X, self_attend, self.norm1, self.dropout, self.norm_first)
-        X = _add_norm(X, cross_attend, self.norm2, self.dropout, self.norm_first)
-        X = _add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
+        X = add_norm(X, self_attend, self.norm1, self.dropout, self.norm_first)
+        X = add_norm(X, cross_attend, self.norm2, self.dropout, self.norm_first)
+        X = add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
         return X, new_cache, (memory_kv if use_cache else None)
 
 
