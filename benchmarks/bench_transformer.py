@@ -40,12 +40,11 @@ import time
 from pathlib import Path
 
 import torch
-from torch.nn import functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_FRA, machine, median, print_table, side_by_side, write_csv  # noqa: E402
 
-from course_lib.d2l_book import d2l_transformer  # noqa: E402
+from course_lib.d2l_book import book_loss, d2l_transformer  # noqa: E402
 from course_lib.data.batching import BatchLoader  # noqa: E402
 from course_lib.data.fra_eng import fra_eng_dataset  # noqa: E402
 from course_lib.data.generated import numbers_dataset  # noqa: E402
@@ -66,14 +65,6 @@ def load_data(quick: bool) -> TranslationData:
         print(f"(no corpus at {SHARED_FRA}: using the generated numbers corpus)")
         splits = numbers_dataset(0, 9_999, num_examples=2_000 if quick else None)
     return TranslationData(splits, num_steps=NUM_STEPS, batch_size=BATCH, min_freq=2, seed=0)
-
-
-def book_loss(logits, tgt, pad):
-    """The book's Seq2Seq loss: cross entropy averaged over non-padding target tokens."""
-    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
-                                reduction="none")
-    mask = (tgt.reshape(-1) != pad).float()
-    return (per_token * mask).sum() / mask.sum()
 
 
 def make_models(data: TranslationData):

@@ -12,9 +12,11 @@ Two behaviours of the book's Transformer decoder matter when comparing:
 - At prediction time it caches each block's *inputs* and re-projects every earlier position's
   keys and values at every step, and ``predict_step`` always runs all ``num_steps`` steps.
 - Its positional encoding adds ``P[:, :T]`` to whatever it is given, so when decoding one
-  token at a time every step gets position 0's encoding. ``TransformerDecoder(...,
+  token at a time every step gets position 0's encoding. ``make_transformer_decoder(...,
   fix_positions=True)`` corrects that (used for quality comparisons); the default keeps the
-  book's behaviour (used for speed comparisons).
+  book's behaviour (used for speed comparisons). The switch is the decoder's attribute
+  ``fix_positions``; it changes prediction only, never training, so one trained model can be
+  decoded both ways.
 
 Notation: B batch · T time · H num_hiddens.
 """
@@ -25,11 +27,22 @@ import math
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from course_lib.compat import load_d2l
 
-__all__ = ["d2l_seq2seq_gru", "d2l_transformer", "make_seq2seq_decoder",
+__all__ = ["book_loss", "d2l_seq2seq_gru", "d2l_transformer", "make_seq2seq_decoder",
            "make_transformer_decoder"]
+
+
+def book_loss(logits: torch.Tensor, tgt: torch.Tensor, pad: int) -> torch.Tensor:
+    """The book's ``Seq2Seq.loss`` (section 10.7): cross entropy of logits (B, T, V) against
+    tgt (B, T), averaged over the positions whose target is not ``pad``. (The d2l 1.0.3
+    package's ``Seq2Seq.loss`` lacks the mask: it averages over padding too.)"""
+    per_token = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt.reshape(-1),
+                                reduction="none")
+    mask = (tgt.reshape(-1) != pad).float()
+    return (per_token * mask).sum() / mask.sum()
 
 
 def make_seq2seq_decoder(vocab_size: int, embed_size: int, num_hiddens: int, num_layers: int,
@@ -97,6 +110,7 @@ def make_transformer_decoder(vocab_size: int, num_hiddens: int, ffn_num_hiddens:
             super().__init__()
             self.num_hiddens = num_hiddens
             self.num_blks = num_blks
+            self.fix_positions = fix_positions
             self.embedding = nn.Embedding(vocab_size, num_hiddens)
             self.pos_encoding = d2l.PositionalEncoding(num_hiddens, dropout)
             self.blks = nn.Sequential(*[TransformerDecoderBlock(i) for i in range(num_blks)])
@@ -107,7 +121,7 @@ def make_transformer_decoder(vocab_size: int, num_hiddens: int, ffn_num_hiddens:
 
         def forward(self, X, state):
             X = self.embedding(X) * math.sqrt(self.num_hiddens)
-            if fix_positions and state[2][0] is not None:
+            if self.fix_positions and state[2][0] is not None:
                 offset = state[2][0].shape[1]  # tokens already decoded
                 X = self.pos_encoding.dropout(
                     X + self.pos_encoding.P[:, offset:offset + X.shape[1]].to(X.device))

@@ -124,7 +124,7 @@ def sequence_loss(model: nn.Module, batch: Batch, *, label_smoothing: float = 0.
 def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, *,
                 scheduler: Any = None, clip_grad: float | None = 1.0,
                 label_smoothing: float = 0.0, teacher_forcing: float = 1.0,
-                progress: Any = None) -> dict[str, float]:
+                progress: Any = None, stop_at: float | None = None) -> dict[str, float]:
     """One pass over ``loader``, one optimizer step per batch; returns what happened.
 
     Args:
@@ -133,8 +133,11 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
         teacher_forcing: probability of feeding the gold previous token (1 = plain teacher
             forcing, all positions in parallel; below 1 see ``scheduled_sampling_logits``).
         progress: a tqdm bar (or anything with ``update``/``set_postfix``), advanced per batch.
+        stop_at: a ``time.perf_counter()`` deadline: the epoch ends after the batch during
+            which it passes (training to a wall-clock budget, as the benchmarks do).
     Returns ``loss`` (mean per real target token), ``tokens`` (real target tokens), ``seconds``,
-    ``tokens_per_second`` and ``grad_norm`` (mean gradient norm before clipping).
+    ``tokens_per_second``, ``grad_norm`` (mean gradient norm before clipping), ``batches``
+    and ``stopped`` (True when ``stop_at`` ended the epoch before the loader did).
     """
     if not 0.0 <= teacher_forcing <= 1.0:
         raise ValueError(f"teacher_forcing must be a probability in [0, 1], got {teacher_forcing}")
@@ -142,7 +145,11 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
     parameters = [p for p in model.parameters() if p.requires_grad]
     total_loss, total_tokens, total_norm, num_batches = 0.0, 0, 0.0, 0
     start = time.perf_counter()
+    stopped = False
     for batch in loader:
+        if stop_at is not None and time.perf_counter() >= stop_at:
+            stopped = True
+            break
         if teacher_forcing >= 1.0:  # mean per real token, logits only where the target is real
             loss, _, _ = sequence_loss(model, batch, label_smoothing=label_smoothing)
         else:
@@ -166,7 +173,8 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
     seconds = time.perf_counter() - start
     return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens,
             "seconds": seconds, "tokens_per_second": total_tokens / max(seconds, 1e-9),
-            "grad_norm": total_norm / max(num_batches, 1)}
+            "grad_norm": total_norm / max(num_batches, 1), "batches": num_batches,
+            "stopped": stopped}
 
 
 def evaluate(model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:

@@ -71,3 +71,38 @@ def test_predict_step_runs_every_step():
     with torch.no_grad():
         tokens, _ = model.predict_step((src, dec_input, src_valid_len, dec_input), "cpu", 9)
     assert tokens.shape == (3, 9)
+
+
+def test_fix_positions_is_a_switch_on_the_trained_decoder():
+    """Turning ``fix_positions`` on after training gives the fixed decoder's predictions."""
+    torch.manual_seed(0)
+    model = d2l_transformer(30, 40, dropout=0.0)  # the book's behaviour
+    src, src_valid_len, dec_input = batch()
+    model.train()
+    full = model(src, dec_input, src_valid_len).detach()
+    model.eval()
+    model.decoder.fix_positions = True
+    with torch.no_grad():
+        incremental = step_by_step(model, src, src_valid_len, dec_input)
+    torch.testing.assert_close(incremental, full, rtol=0, atol=1e-5)
+
+
+def test_book_loss_is_the_books_masked_loss_not_the_packages():
+    """The book (section 10.7) masks padding out of ``Seq2Seq.loss``; the d2l 1.0.3 package's
+    ``Seq2Seq.loss`` is the plain mean over all positions. ``book_loss`` is the book's: equal
+    to the package's loss on a batch with no padding, different once there is padding."""
+    from course_lib.compat import load_d2l
+    from course_lib.d2l_book import book_loss
+
+    d2l = load_d2l()
+    package = d2l.Seq2Seq(encoder=None, decoder=None, tgt_pad=0, lr=0.1)
+    generator = torch.Generator().manual_seed(0)
+    logits = torch.randn(4, 6, 11, generator=generator)
+    tgt = torch.randint(1, 11, (4, 6), generator=generator)
+    torch.testing.assert_close(book_loss(logits, tgt, pad=0), package.loss(logits, tgt))
+    tgt[1, 3:] = 0
+    tgt[3, 1:] = 0
+    real = tgt != 0
+    expected = torch.nn.functional.cross_entropy(logits[real], tgt[real])
+    torch.testing.assert_close(book_loss(logits, tgt, pad=0), expected)
+    assert abs(float(book_loss(logits, tgt, pad=0) - package.loss(logits, tgt))) > 1e-3

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import pickle
+import random
 import socket
 import threading
 import time
@@ -26,6 +27,7 @@ from course_lib.data.fra_eng import (
     FRA_ENG_SHA1,
     FRA_ENG_URL,
     CorpusUnavailableError,
+    benchmark_splits,
     default_cache_dir,
     fra_eng_dataset,
     load_fra_eng_pairs,
@@ -446,3 +448,39 @@ def test_real_corpus_splits_never_share_an_english_sentence(tmp_path):
     assert len(train) < len(splits.train)
     data = TranslationData(splits, num_steps=10, min_freq=2)
     assert len(data.src_vocab) > 1000 and data.src_vocab["go"] != data.src_vocab.unk
+
+
+def test_benchmark_splits_follow_the_protocol_on_a_small_corpus():
+    pairs = [("Go.", "Va !"), ("Hi.", "Salut !"), ("go .", "Bouge !"), ("Run!", "Cours !"),
+             ("This sentence has far too many words to be tested.", "Trop long."),
+             ("Hi.", "Salut."), ("Who?", "Qui ?"), ("Wow!", "Ça alors !")]
+    splits = benchmark_splits(pairs, num_test=3, max_test_tokens=3, seed=0)
+    shuffled = list(pairs)
+    random.Random(0).shuffle(shuffled)
+    expected_test, seen = [], set()
+    for english, french in shuffled:  # the protocol, read literally
+        key = tuple(tokenize(english))
+        if len(expected_test) < 3 and len(key) <= 3 and key not in seen:
+            seen.add(key)
+            expected_test.append((english, french))
+    assert splits.test == expected_test
+    assert splits.train == [p for p in shuffled if tuple(tokenize(p[0])) not in seen]
+    assert splits.valid == []
+    test_english = {tuple(tokenize(e)) for e, _ in splits.test}
+    assert len(test_english) == 3
+    assert not test_english & {tuple(tokenize(e)) for e, _ in splits.train}
+    assert len(splits.train) + len(splits.test) <= len(pairs)
+    with pytest.raises(ValueError, match="only 5 distinct English sentences"):
+        benchmark_splits(pairs, num_test=6, max_test_tokens=2)
+
+
+def test_benchmark_splits_on_the_real_corpus(fra_txt):
+    pairs = load_fra_eng_pairs(fra_txt)
+    splits = benchmark_splits(pairs)
+    assert len(splits.test) == 1000
+    assert all(len(tokenize(e)) <= 8 for e, _ in splits.test)
+    test_english = {" ".join(tokenize(e)) for e, _ in splits.test}
+    assert len(test_english) == 1000
+    assert not any(" ".join(tokenize(e)) in test_english for e, _ in splits.train)
+    assert len(splits.train) == 73_644  # 76,036 pairs less 1,000 test and 1,392 duplicates
+    assert splits.test[0] == ("What a prospect!", "Quelle perspective !")

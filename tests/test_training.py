@@ -430,3 +430,29 @@ def test_sequence_loss_equals_masked_loss_on_full_logits(smoothing):
         torch.testing.assert_close(packed, full, rtol=0, atol=1e-6)
         assert logits.shape == (batch.num_target_tokens, len(data.tgt_vocab))
         assert targets.shape == (batch.num_target_tokens,)
+
+
+def test_train_epoch_stops_at_the_deadline_between_batches(data, batch, monkeypatch):
+    import course_lib.training as training
+
+    clock = iter(range(1000))  # each perf_counter() call is one second later
+    monkeypatch.setattr(training.time, "perf_counter", lambda: float(next(clock)))
+    model = new_model(data)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    # Calls: 0 = start; then one check per batch at 1, 2, 3, ...: a deadline of 3 lets the
+    # batches checked at 1 and 2 run, and stops before the third.
+    result = train_epoch(model, [batch] * 10, optimizer, stop_at=3.0)
+    assert result["batches"] == 2 and result["stopped"] is True
+    assert result["tokens"] == 2 * batch.num_target_tokens
+
+    monkeypatch.undo()
+    result = train_epoch(model, [batch] * 3, optimizer, stop_at=time_far_ahead())
+    assert result["batches"] == 3 and result["stopped"] is False
+    result = train_epoch(model, [batch] * 3, optimizer, stop_at=0.0)  # already passed
+    assert result["batches"] == 0 and result["stopped"] is True and result["loss"] == 0.0
+
+
+def time_far_ahead() -> float:
+    import time
+
+    return time.perf_counter() + 3600.0

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import random
 import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
@@ -33,7 +34,7 @@ from pathlib import Path, PurePosixPath
 import requests
 
 from course_lib.data.splits import PairSplits, split_pairs
-from course_lib.data.text import parse_pairs
+from course_lib.data.text import parse_pairs, tokenize
 
 __all__ = [
     "FRA_ENG_URL",
@@ -43,6 +44,7 @@ __all__ = [
     "locate_fra_eng",
     "load_fra_eng_pairs",
     "fra_eng_dataset",
+    "benchmark_splits",
 ]
 
 FRA_ENG_URL = "http://d2l-data.s3-accelerate.amazonaws.com/fra-eng.zip"
@@ -144,6 +146,41 @@ def fra_eng_dataset(path: str | os.PathLike[str] | None = None, *,
     pairs = load_fra_eng_pairs(path, max_pairs=max_pairs, **locate_kwargs)
     return split_pairs(pairs, valid_fraction=valid_fraction, test_fraction=test_fraction,
                        seed=seed, name="fra-eng", info={"max_pairs": max_pairs})
+
+
+def benchmark_splits(pairs: list[tuple[str, str]], *, num_test: int = 1000,
+                     max_test_tokens: int = 8, seed: int = 0) -> PairSplits:
+    """The evidence benchmark's fixed protocol (``benchmarks/bench_fra_eng.py``), so that
+    figures from different runs and models compare.
+
+    Shuffle all pairs with ``random.Random(seed)``. The test split is the first ``num_test``
+    pairs whose English, tokenised the d2l way (lowercase, a space before punctuation), has at
+    most ``max_test_tokens`` tokens, with no English sentence twice. Every other pair whose
+    English (tokenised the same way) equals a test pair's English is removed; what remains, in
+    the shuffled order, is the training pool (``train``). ``valid`` is empty: held-out data for
+    model selection, if a model wants it, comes out of the pool.
+    """
+    if num_test < 1 or max_test_tokens < 1:
+        raise ValueError(f"need num_test >= 1 and max_test_tokens >= 1, got {num_test} and "
+                         f"{max_test_tokens}")
+    shuffled = list(pairs)
+    random.Random(seed).shuffle(shuffled)
+    keys = [" ".join(tokenize(english)) for english, _ in shuffled]
+    test_keys: set[str] = set()
+    test: list[tuple[str, str]] = []
+    for pair, key in zip(shuffled, keys, strict=True):
+        if len(test) == num_test:
+            break
+        if len(key.split(" ")) <= max_test_tokens and key not in test_keys:
+            test_keys.add(key)
+            test.append(pair)
+    if len(test) < num_test:
+        raise ValueError(f"only {len(test)} distinct English sentences of at most "
+                         f"{max_test_tokens} tokens; the protocol needs {num_test}")
+    pool = [pair for pair, key in zip(shuffled, keys, strict=True) if key not in test_keys]
+    return PairSplits(train=pool, valid=[], test=test, name="fra-eng (benchmark protocol)",
+                      info={"seed": seed, "num_test": num_test,
+                            "max_test_tokens": max_test_tokens})
 
 
 def _resolve_given(given: Path, cache: Path, sha1: str | None, *, origin: str) -> Path:
