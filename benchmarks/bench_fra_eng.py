@@ -1,0 +1,400 @@
+"""Translation quality on real data at an equal CPU budget: the course's models against d2l's.
+
+PROTOCOL (fixed, so that figures compare; ``course_lib.data.fra_eng.benchmark_splits``):
+shuffle all pairs of ``fra.txt`` with ``random.Random(0)``; the test set is the first 1,000 pairs
+whose English, tokenised the d2l way, has at most 8 tokens, with no English sentence twice;
+every other pair with a test English sentence is removed; the rest is the training pool.
+Each model trains on the pool (how many pairs is the recipe's choice) with 2 torch threads and
+a wall-clock budget (8 minutes unless ``--budget``) that starts before the vocabulary is built
+and covers everything up to the end of training. Decoding the test set comes after and is timed
+on its own.
+
+SCORES: sacreBLEU corpus BLEU against the single reference of each test pair,
+  (a) on d2l-preprocessed text (lowercase, a space before ``, . ! ?``), ``tokenize="none"``;
+  (b) detokenised hypotheses (no space before ``.`` and ``,``) against the raw references, the
+      default 13a tokenizer, ``lowercase=True`` (every model here writes lowercase text).
+Both signatures are printed.
+
+MODELS (``RECIPES``): d2l's GRU seq2seq and Transformer as the book builds and trains them
+(``course_lib.d2l_book``: d2l's encoders, the book's decoders, the book's masked loss,
+hyperparameters, fixed-length batches and ``predict_step`` greedy decoding), on the first
+20,000 pairs of the pool with ``num_steps`` 12; and the course's GRU, Bahdanau and Transformer
+models trained the way the course teaches (bucketed batches, label smoothing, warmup, beam
+search), plus ablations of the Transformer recipe, each of which changes one thing.
+
+    python benchmarks/bench_fra_eng.py                  # the default set (about 75 minutes)
+    python benchmarks/bench_fra_eng.py --recipes course-transformer --seeds 0,1,2
+    python benchmarks/bench_fra_eng.py --quick          # CI smoke run: seconds per model
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import gc
+import math
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, SHARED_FRA, machine, print_table, write_csv  # noqa: E402
+
+from course_lib.d2l_book import book_loss, d2l_seq2seq_gru, d2l_transformer  # noqa: E402
+from course_lib.data.batching import BatchLoader  # noqa: E402
+from course_lib.data.fra_eng import benchmark_splits, load_fra_eng_pairs  # noqa: E402
+from course_lib.data.splits import PairSplits  # noqa: E402
+from course_lib.data.text import tokenize  # noqa: E402
+from course_lib.data.translation import TranslationData  # noqa: E402
+from course_lib.decoding import beam_search, greedy_decode  # noqa: E402
+from course_lib.models.rnn import Seq2SeqBahdanau, Seq2SeqGRU  # noqa: E402
+from course_lib.models.transformer import Transformer, TransformerConfig  # noqa: E402
+from course_lib.training import NoamSchedule, set_seed, train_epoch  # noqa: E402
+
+BUDGET_S = 480.0
+THREADS = 2
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """How one model is built, trained and decoded."""
+
+    name: str
+    side: str                        # "d2l" (the book's code and recipe) or "course"
+    arch: str                        # "gru", "bahdanau" or "transformer"
+    what: str                        # one line for the tables
+    train_pairs: int | None = None   # the first N pairs of the pool; None: all of it
+    num_steps: int | tuple[int, int] = 12
+    batch_size: int = 128
+    lr: float = 1e-3                 # Adam's rate; with warmup, the peak rate
+    warmup_steps: int | None = None  # Noam: linear warmup, then 1/sqrt(step) decay
+    label_smoothing: float = 0.0
+    bucket: bool = False             # bucketed, trimmed batches (the course) or fixed shapes
+    min_freq: int = 2
+    sizes: dict = dataclasses.field(default_factory=dict)
+    beam_size: int = 1               # 1: greedy
+    length_penalty: float = 0.0
+    max_len: int = 20                # decoding steps (d2l: num_steps, as predict_step)
+
+    def replace(self, **changes) -> Recipe:
+        return dataclasses.replace(self, **changes)
+
+
+_BOOK_GRU = dict(embed_size=256, num_hiddens=256, num_layers=2, dropout=0.2)
+_BOOK_TRANSFORMER = dict(num_hiddens=256, ffn_num_hiddens=64, num_heads=4, num_blks=2,
+                         dropout=0.2)
+_COURSE_TRANSFORMER = dict(d_model=256, num_heads=4, num_layers=2, d_ff=1024, dropout=0.1,
+                           tie_output=True)
+
+_COURSE = Recipe("course-transformer", "course", "transformer",
+                 "Transformer 256 wide, FFN 1024, tied output; bucketed; label smoothing 0.1; "
+                 "warmup; beam 4",
+                 num_steps=(12, 18), batch_size=128, lr=1e-3, warmup_steps=200,
+                 label_smoothing=0.1, bucket=True, sizes=_COURSE_TRANSFORMER, beam_size=4,
+                 length_penalty=1.0)
+
+RECIPES: dict[str, Recipe] = {r.name: r for r in [
+    Recipe("d2l-gru", "d2l", "gru", "the book's GRU seq2seq, 20,000 pairs, num_steps 12",
+           train_pairs=20_000, lr=0.005, sizes=_BOOK_GRU, max_len=12),
+    Recipe("d2l-transformer", "d2l", "transformer",
+           "the book's Transformer, 20,000 pairs, num_steps 12", train_pairs=20_000,
+           lr=0.0015, sizes=_BOOK_TRANSFORMER, max_len=12),
+    _COURSE,
+    _COURSE.replace(name="course-gru", arch="gru",
+                    what="GRU seq2seq 256/512, 2 layers; bucketed; label smoothing; beam 4",
+                    lr=2e-3, warmup_steps=None,
+                    sizes=dict(embed_size=256, num_hiddens=512, num_layers=2, dropout=0.2)),
+    _COURSE.replace(name="course-bahdanau", arch="bahdanau",
+                    what="GRU + Bahdanau attention 256/512, bidirectional encoder; bucketed; "
+                         "label smoothing; beam 4",
+                    lr=2e-3, warmup_steps=None,
+                    sizes=dict(embed_size=256, num_hiddens=512, num_layers=1, dropout=0.2,
+                               bidirectional_encoder=True)),
+    _COURSE.replace(name="ablate-no-smoothing", what="course-transformer, label smoothing 0",
+                    label_smoothing=0.0),
+    _COURSE.replace(name="ablate-no-warmup", what="course-transformer, constant lr 1e-3",
+                    warmup_steps=None),
+    _COURSE.replace(name="ablate-fixed-batches",
+                    what="course-transformer, batches padded to num_steps (no bucketing)",
+                    bucket=False),
+]}
+DEFAULT_RUNS = ["d2l-gru:0", "d2l-transformer:0", "course-transformer:0,1,2", "course-gru:0",
+                "course-bahdanau:0", "ablate-no-smoothing:0", "ablate-no-warmup:0",
+                "ablate-fixed-batches:0"]
+
+
+def build_model(recipe: Recipe, data: TranslationData) -> torch.nn.Module:
+    src_v, tgt_v = len(data.src_vocab), len(data.tgt_vocab)
+    if recipe.side == "d2l":
+        make = d2l_seq2seq_gru if recipe.arch == "gru" else d2l_transformer
+        model = make(src_v, tgt_v, **recipe.sizes)
+        if recipe.arch == "transformer":
+            model.decoder.fix_positions = True  # decode with the right positions (see d2l_book)
+        return model
+    if recipe.arch == "transformer":
+        return Transformer(TransformerConfig(src_v, tgt_v, use_sdpa=True, **recipe.sizes))
+    model_class = Seq2SeqGRU if recipe.arch == "gru" else Seq2SeqBahdanau
+    return model_class(src_v, tgt_v, **recipe.sizes)
+
+
+def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: float) -> dict:
+    """Epochs over the training split until the deadline; the book's loop for d2l's models."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    scheduler = None
+    if recipe.warmup_steps:
+        d_model = recipe.sizes["d_model"]
+        factor = recipe.lr * math.sqrt(d_model * recipe.warmup_steps)  # peak = recipe.lr
+        optimizer = torch.optim.Adam(params, lr=1.0, betas=(0.9, 0.98), eps=1e-9)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, NoamSchedule(d_model, recipe.warmup_steps, factor))
+    else:
+        optimizer = torch.optim.Adam(params, lr=recipe.lr)
+    loader = data.loader("train", bucket=recipe.bucket)
+    pad = data.tgt_vocab.pad
+    epochs, steps, tokens, last_loss = 0.0, 0, 0, math.nan
+    while time.perf_counter() < deadline:
+        num_batches = len(loader)
+        if recipe.side == "d2l":  # the book's Trainer: Adam, clipping at 1, its masked loss
+            model.train()
+            done, total = 0, 0.0
+            for batch in loader:
+                if time.perf_counter() >= deadline:
+                    break
+                logits = model(batch.src, batch.dec_input, batch.src_valid_len)
+                loss = book_loss(logits, batch.tgt, pad)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 1.0)
+                optimizer.step()
+                done += 1
+                tokens += batch.num_target_tokens
+                total += float(loss)
+            last_loss = total / max(done, 1)
+        else:
+            result = train_epoch(model, loader, optimizer, scheduler=scheduler, clip_grad=1.0,
+                                 label_smoothing=recipe.label_smoothing, stop_at=deadline)
+            done, last_loss = result["batches"], result["loss"]
+            tokens += result["tokens"]
+        steps += done
+        epochs += done / num_batches
+    return {"epochs": epochs, "steps": steps, "train_tokens": tokens, "last_loss": last_loss}
+
+
+def translate_test(recipe: Recipe, model, data: TranslationData, beam_size: int,
+                   limit: int) -> list[str]:
+    """Hypotheses (d2l-tokenised, joined by spaces) for the first ``limit`` test pairs."""
+    test = data.tensors["test"]
+    index = torch.arange(min(limit, test.num_sequences))
+    order = index[torch.argsort(test.src_valid_len[index], stable=True)]  # similar lengths
+    hypotheses: dict[int, str] = {}
+    vocab = data.tgt_vocab
+    model.eval()
+    with torch.no_grad():
+        for chunk in order.split(250 if beam_size == 1 else 100):
+            batch = test.select(chunk)
+            if recipe.side == "d2l":
+                ids, _ = model.predict_step(
+                    (batch.src, batch.dec_input, batch.src_valid_len, batch.tgt), "cpu",
+                    recipe.max_len)
+                sentences = data.decode_targets(ids)
+            elif beam_size == 1:
+                sentences = greedy_decode(model, batch.src, batch.src_valid_len,
+                                          max_len=recipe.max_len, bos=vocab.bos,
+                                          eos=vocab.eos).to_sentences(vocab)
+            else:
+                sentences = beam_search(model, batch.src, batch.src_valid_len,
+                                        beam_size=beam_size, max_len=recipe.max_len,
+                                        length_penalty=recipe.length_penalty, bos=vocab.bos,
+                                        eos=vocab.eos).to_sentences(vocab)
+            hypotheses.update(zip(chunk.tolist(), sentences, strict=True))
+    return [hypotheses[i] for i in range(len(index))]
+
+
+_SPACE_BEFORE = re.compile(r" ([.,])")
+
+
+def detokenise(sentence: str) -> str:
+    """Undo d2l's space before ``.`` and ``,`` (French keeps its space before ``!`` and ``?``)."""
+    return _SPACE_BEFORE.sub(r"\1", sentence)
+
+
+def score(hypotheses: list[str], test_pairs: list[tuple[str, str]]) -> dict:
+    """sacreBLEU (a) on d2l-preprocessed text and (b) detokenised with 13a, with signatures."""
+    from sacrebleu.metrics import BLEU
+
+    references_a = [" ".join(tokenize(french)) for _, french in test_pairs]
+    references_b = [french for _, french in test_pairs]
+    metric_a = BLEU(tokenize="none")
+    metric_b = BLEU(lowercase=True)  # default tokenizer: 13a
+    a = metric_a.corpus_score(hypotheses, [references_a])
+    b = metric_b.corpus_score([detokenise(h) for h in hypotheses], [references_b])
+    return {"bleu_a": a.score, "bleu_b": b.score,
+            "signature_a": str(metric_a.get_signature()),
+            "signature_b": str(metric_b.get_signature())}
+
+
+def run_one(recipe: Recipe, seed: int, splits: PairSplits, budget: float,
+            test_limit: int, out_dir: Path | None) -> dict:
+    """Train ``recipe`` for ``budget`` seconds and score it; returns a result row."""
+    gc.collect()
+    start = time.perf_counter()
+    deadline = start + budget
+    set_seed(seed)
+    pool = splits.train if recipe.train_pairs is None else splits.train[:recipe.train_pairs]
+    data = TranslationData(PairSplits(pool, [], splits.test, name=splits.name),
+                           num_steps=recipe.num_steps, batch_size=recipe.batch_size,
+                           min_freq=recipe.min_freq, bucket=recipe.bucket, seed=seed)
+    prepare_s = time.perf_counter() - start
+    model = build_model(recipe, data)
+    trained = train_to_budget(recipe, model, data, deadline)
+    train_s = time.perf_counter() - start
+    row = {"recipe": recipe.name, "side": recipe.side, "seed": seed, "pairs": len(pool),
+           "src_vocab": len(data.src_vocab), "tgt_vocab": len(data.tgt_vocab),
+           "parameters": sum(p.numel() for p in model.parameters()),
+           "prepare_s": prepare_s, "train_s": train_s, **trained,
+           "tokens_per_s": trained["train_tokens"] / max(train_s - prepare_s, 1e-9)}
+    test_pairs = splits.test[:test_limit]
+    decodings = [("greedy", 1)] + ([("beam", recipe.beam_size)] if recipe.beam_size > 1 else [])
+    for label, beam_size in decodings:
+        begin = time.perf_counter()
+        hypotheses = translate_test(recipe, model, data, beam_size, test_limit)
+        seconds = time.perf_counter() - begin
+        scores = score(hypotheses, test_pairs)
+        row |= {f"{label}_bleu_a": scores["bleu_a"], f"{label}_bleu_b": scores["bleu_b"],
+                f"{label}_decode_s": seconds, "signature_a": scores["signature_a"],
+                "signature_b": scores["signature_b"]}
+        if out_dir is not None:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            (out_dir / f"{recipe.name}-seed{seed}-{label}.txt").write_text(
+                "\n".join(hypotheses) + "\n", encoding="utf-8")
+        if label == "greedy" and seed == 0:
+            row["samples"] = list(zip(test_pairs[:4], hypotheses[:4], strict=True))
+    final = "beam" if recipe.beam_size > 1 else "greedy"
+    row["bleu_a"], row["bleu_b"] = row[f"{final}_bleu_a"], row[f"{final}_bleu_b"]
+    print(f"  {recipe.name} seed {seed}: {row['epochs']:.2f} epochs, {row['steps']} steps, "
+          f"{row['tokens_per_s']:,.0f} target tokens/s, train {train_s:.0f} s; BLEU (a) "
+          f"greedy {row['greedy_bleu_a']:.2f}"
+          + (f", beam {row['beam_bleu_a']:.2f}" if final == "beam" else "")
+          + f"; (b) {row['bleu_b']:.2f}", flush=True)
+    return row
+
+
+def parse_runs(specs: list[str]) -> list[tuple[Recipe, int]]:
+    """``name:0,1,2`` items (seed 0 when no seeds are given) as (recipe, seed) pairs."""
+    runs = []
+    for spec in specs:
+        name, _, seeds = spec.partition(":")
+        if name not in RECIPES:
+            raise SystemExit(f"unknown recipe {name!r}; expected one of {', '.join(RECIPES)}")
+        runs += [(RECIPES[name], int(s)) for s in (seeds or "0").split(",")]
+    return runs
+
+
+def summarise(rows: list[dict]) -> list[dict]:
+    """One row per recipe: mean and standard deviation of the BLEU scores over seeds."""
+    summary = []
+    for name in dict.fromkeys(r["recipe"] for r in rows):
+        runs = [r for r in rows if r["recipe"] == name]
+
+        def mean_sd(key: str) -> tuple[float, float | None]:
+            values = [r[key] for r in runs if r.get(key) is not None]
+            if not values:
+                return math.nan, None
+            return statistics.mean(values), (statistics.stdev(values) if len(values) > 1
+                                             else None)
+
+        a, a_sd = mean_sd("bleu_a")
+        b, _ = mean_sd("bleu_b")
+        greedy, _ = mean_sd("greedy_bleu_a")
+        summary.append({"recipe": name, "seeds": len(runs), "bleu_a": a, "sd_a": a_sd,
+                        "greedy_a": greedy, "bleu_b": b,
+                        "epochs": statistics.mean(r["epochs"] for r in runs),
+                        "tokens_per_s": statistics.mean(r["tokens_per_s"] for r in runs),
+                        "what": RECIPES[name].what})
+    return summary
+
+
+def plot(summary: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.2))
+    names = [s["recipe"] for s in summary][::-1]
+    values = [s["bleu_a"] for s in summary][::-1]
+    errors = [s["sd_a"] or 0.0 for s in summary][::-1]
+    colors = ["tab:gray" if n.startswith("d2l") else "tab:blue" for n in names]
+    ax.barh(names, values, xerr=errors, color=colors)
+    for y, v in enumerate(values):
+        ax.text(v + 0.3, y, f"{v:.1f}", va="center")
+    ax.set_xlabel("test BLEU (a): sacreBLEU, d2l tokens, tokenize='none'")
+    ax.set_title("fra-eng, 1,000 test sentences, equal CPU budget per model")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="CI smoke run: 3 s budgets, 3,000 pairs, 100 test sentences")
+    parser.add_argument("--runs", nargs="*", default=None,
+                        help=f"recipe:seeds items (default: {' '.join(DEFAULT_RUNS)})")
+    parser.add_argument("--budget", type=float, default=None, help="seconds per model")
+    parser.add_argument("--csv", type=Path, default=RESULTS / "fra_eng.csv")
+    parser.add_argument("--plot", type=Path, default=None, help="write a bar chart here")
+    parser.add_argument("--protocol-seed", type=int, default=0,
+                        help="shuffle seed of the protocol: 0 for reported figures; tune "
+                             "recipes on another (e.g. 1), never on the reported test set")
+    parser.add_argument("--hypotheses", type=Path, default=None,
+                        help="write each run's test translations into this directory")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(THREADS)
+    if not SHARED_FRA.is_file():
+        print(f"The fra-eng corpus is not at {SHARED_FRA}: this benchmark needs it (set "
+              "COURSE_SHARED_DIR to the directory holding data/fra-eng/fra.txt). Skipped.")
+        return 0
+    runs = parse_runs(args.runs or DEFAULT_RUNS)
+    budget = args.budget or (3.0 if args.quick else BUDGET_S)
+    splits = benchmark_splits(load_fra_eng_pairs(SHARED_FRA, download=False),
+                              seed=args.protocol_seed)
+    test_limit = 1000
+    if args.quick:
+        splits = PairSplits(splits.train[:3_000], [], splits.test, name=splits.name)
+        test_limit = 100
+    print(f"{machine()}\n{splits}; budget {budget:.0f} s per model; {len(runs)} runs")
+    rows = [run_one(recipe, seed, splits, budget, test_limit, args.hypotheses)
+            for recipe, seed in runs]
+
+    print(f"\nsacreBLEU signatures: (a) {rows[0]['signature_a']}\n"
+          f"                      (b) {rows[0]['signature_b']}")
+    print_table("Every run", rows, ["recipe", "seed", "pairs", "epochs", "steps",
+                                    "tokens_per_s", "train_s", "greedy_bleu_a", "bleu_a",
+                                    "bleu_b", "greedy_decode_s"])
+    summary = summarise(rows)
+    print_table(f"Test BLEU on {test_limit} sentences, {budget:.0f} s per model (means over "
+                "seeds; sd where more than one)", summary,
+                ["recipe", "seeds", "bleu_a", "sd_a", "greedy_a", "bleu_b", "epochs", "what"])
+    best_d2l = max((s["bleu_a"] for s in summary if s["recipe"].startswith("d2l")),
+                   default=None)
+    if best_d2l:
+        print("\nratio to the better d2l model, BLEU (a):")
+        for s in summary:
+            print(f"  {s['recipe']}: {s['bleu_a'] / best_d2l:.2f}x")
+    for row in rows:
+        for (english, french), hypothesis in row.pop("samples", []):
+            print(f"  [{row['recipe']}] {english!r} -> {hypothesis!r} (reference {french!r})")
+    write_csv(args.csv, rows)
+    if args.plot is not None:
+        plot(summary, args.plot)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
