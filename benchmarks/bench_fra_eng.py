@@ -173,7 +173,7 @@ def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: floa
                 optimizer.step()
                 done += 1
                 tokens += batch.num_target_tokens
-                total += float(loss)
+                total += loss.item()
             last_loss = total / max(done, 1)
         else:
             result = train_epoch(model, loader, optimizer, scheduler=scheduler, clip_grad=1.0,

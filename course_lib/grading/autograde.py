@@ -4,7 +4,9 @@ Submissions live where nbgrader expects them, ``submitted/<student>/<assignment>
 results go to nbgrader's gradebook and ``autograded/``. nbgrader does the grading (students
 created as needed, locked cells and tests restored from the gradebook, hidden tests run); this
 module adds a progress bar, zero points (recorded in the gradebook) for a submission without
-the expected notebook, and a per-student table. A student's broken code is that student's
+the expected notebook, the integrity checks of ``course_lib.grading.integrity`` (a notebook
+with a finding is scored zero and flagged for review, with the reasons as its comment), and a
+per-student table. A student's broken code is that student's
 result, never a failure of the command; only a set-up problem (no such assignment, a broken
 configuration) raises GradingError.
 
@@ -24,6 +26,7 @@ import nbformat
 
 from course_lib.grading import cells
 from course_lib.grading.course import Course, GradingError
+from course_lib.grading.integrity import Finding, Policy, check_submission, load_policy
 from course_lib.grading.release import ensure_in_gradebook
 
 __all__ = ["StudentResult", "format_summary", "grade_assignment", "submitted_students"]
@@ -39,6 +42,7 @@ class StudentResult:
     failed: list[str] = field(default_factory=list)  # grade_ids of tests not fully passed
     messages: dict[str, str] = field(default_factory=dict)  # grade_id -> why it failed
     errors: list[str] = field(default_factory=list)  # outside the tests: cells, grading
+    flags: list[str] = field(default_factory=list)  # integrity findings: scored 0, for review
     seconds: float = 0.0
 
 
@@ -103,8 +107,49 @@ def _read_outputs(course: Course, assignment: str, result: StudentResult) -> Non
                 result.errors.append(f"{cells.cell_label(cell, index)}: {error}")
 
 
+def _flag_for_review(course: Course, assignment: str, student: str, notebook: str,
+                     findings: list[Finding]) -> None:
+    """Score the notebook's every grade zero (a manual score: the automatic one stays visible
+    beside it), mark it as needing manual grading, and write the reasons into its comment
+    cells, where formgrader and the feedback show them. An instructor who finds the flag wrong
+    restores the points in formgrader."""
+    reasons = "\n".join(f"- {finding}" for finding in findings)
+    note = ("Flagged for review by the course's integrity checks; scored 0 until an "
+            f"instructor has looked at it:\n{reasons}")
+    with course.gradebook() as gradebook:
+        submitted = gradebook.find_submission_notebook(notebook.removesuffix(".ipynb"),
+                                                        assignment, student)
+        for grade in submitted.grades:
+            grade.manual_score = 0.0
+            grade.needs_manual_grade = True
+        for comment in submitted.comments:
+            comment.manual_comment = note
+        submitted.flagged = True
+        gradebook.db.commit()
+
+
+def _check_integrity(course: Course, assignment: str, student: str, present: list[str],
+                     policy: Policy) -> tuple[list[str], list[str]]:
+    """Run the integrity checks on each submitted notebook and flag those with findings;
+    returns (flags, errors)."""
+    flags, errors = [], []
+    folder = course.submitted_dir / student / assignment
+    for name in present:
+        released = course.release_dir / assignment / name
+        if not released.is_file():
+            errors.append(f"{name}: not checked for integrity: no released notebook at "
+                          f"{released} (run `course release {assignment}`)")
+            continue
+        findings = check_submission(folder / name, released, policy)
+        if findings:
+            _flag_for_review(course, assignment, student, name, findings)
+            flags += [f"{name}: {finding}" if len(present) > 1 else str(finding)
+                      for finding in findings]
+    return flags, errors
+
+
 def _grade_one(course: Course, assignment: str, student: str,
-               notebooks: list[str], order: list[str]) -> StudentResult:
+               notebooks: list[str], order: list[str], policy: Policy) -> StudentResult:
     from nbgrader.converters import Autograde
 
     start = time.perf_counter()
@@ -124,9 +169,12 @@ def _grade_one(course: Course, assignment: str, student: str,
         missing = sorted(set(notebooks) - set(present))
         if missing:
             grading_errors.append(f"missing notebook {', '.join(missing)}")
+    flags, integrity_errors = (_check_integrity(course, assignment, student, present, policy)
+                               if present else ([], []))
     result = _read_result(course, assignment, student, order)
     _read_outputs(course, assignment, result)
-    result.errors += grading_errors
+    result.errors += grading_errors + integrity_errors
+    result.flags = flags
     result.seconds = time.perf_counter() - start
     return result
 
@@ -139,6 +187,10 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     sources = course.source_notebooks(assignment)  # GradingError for an unknown assignment
+    try:
+        policy = load_policy(course.root, assignment)
+    except ValueError as error:
+        raise GradingError(str(error)) from error
     notebooks = [path.name for path in sources]
     order = [cells.grade_id(cell) for path in sources
              for cell in nbformat.read(path, as_version=4).cells if cells.is_graded(cell)]
@@ -163,7 +215,7 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
         warnings.filterwarnings("ignore", message="Object of type <Submitted")
         for student in bar:
             bar.set_postfix_str(student)
-            results.append(_grade_one(course, assignment, student, notebooks, order))
+            results.append(_grade_one(course, assignment, student, notebooks, order, policy))
     bar.close()
     return results
 
@@ -178,9 +230,10 @@ def format_summary(assignment: str, results: list[StudentResult]) -> str:
         return f"No submissions of {assignment} to grade."
     rows = [("student", "score", "failed tests", "errors")]
     for result in results:
+        problems = [f"FLAGGED FOR REVIEW: {flag}" for flag in result.flags] + result.errors
         rows.append((result.student, f"{result.score:g} / {result.max_score:g}",
                      ", ".join(result.failed) or "-",
-                     _clip("; ".join(result.errors), 70) or "-"))
+                     _clip("; ".join(problems), 70) or "-"))
     widths = [max(len(row[column]) for row in rows) for column in range(3)]
     lines = [f"{row[0]:<{widths[0]}}  {row[1]:>{widths[1]}}  {row[2]:<{widths[2]}}  {row[3]}"
              .rstrip() for row in rows]
@@ -188,4 +241,9 @@ def format_summary(assignment: str, results: list[StudentResult]) -> str:
     mean = sum(result.score for result in results) / len(results)
     lines.append(f"{len(results)} submission(s) of {assignment} graded; mean score {mean:.1f} "
                  f"of {results[0].max_score:g}.")
+    flagged = [result for result in results if result.flags]
+    for result in flagged:
+        lines.append(f"{result.student} is flagged for review (scored 0; restore points in "
+                     f"formgrader if the flag is wrong):")
+        lines += [f"  - {flag}" for flag in result.flags]
     return "\n".join(lines)
