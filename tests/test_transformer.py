@@ -5,6 +5,8 @@ Notation: B batch · T time · H heads · D model width · V vocabulary size.
 
 from __future__ import annotations
 
+import dataclasses
+
 import random
 import time
 
@@ -81,6 +83,21 @@ def test_shared_and_tied_embeddings():
     assert shared.src_embedding.weight is shared.tgt_embedding.weight is shared.output.weight
     saved = 2 * V_SRC * 32  # one (V, D) table instead of three
     assert count_parameters(plain) - count_parameters(shared) == saved
+
+
+def test_tied_output_starts_with_moderate_logits():
+    """With the tied table at N(0, 1) the initial logits would have a standard deviation near
+    sqrt(d_model); the tied model starts them near 1, like the untied one."""
+    torch.manual_seed(0)
+    config = TransformerConfig(50, 300, d_model=256, num_heads=4, num_layers=1, d_ff=64)
+    src = torch.randint(3, 50, (8, 9))
+    dec_input = torch.randint(3, 300, (8, 7))
+    src_valid_len = torch.full((8,), 9)
+    with torch.no_grad():
+        untied = Transformer(config)(src, src_valid_len, dec_input).std()
+        tied = Transformer(dataclasses.replace(config, tie_output=True))(
+            src, src_valid_len, dec_input).std()
+    assert tied < 2.0 and untied < 2.0, (tied, untied)
 
 
 def test_bad_shapes_raise_value_error_naming_shapes():

@@ -236,6 +236,10 @@ class Transformer(EncoderDecoder):
         self.output = nn.Linear(c.d_model, c.tgt_vocab_size)
         if c.tie_output:
             self.output.weight = self.tgt_embedding.weight  # (V_tgt, D) serves both
+            # nn.Embedding starts at N(0, 1): as output rows that gives logits of size
+            # sqrt(D) ~ 16 and a near one-hot softmax at step 0. N(0, 1/D), as in Vaswani et
+            # al.'s tied models, keeps the logits near 1; the input side is scaled by sqrt(D).
+            nn.init.normal_(self.tgt_embedding.weight, std=c.d_model ** -0.5)
 
     def _embed(self, tokens: torch.Tensor, embedding: nn.Embedding, positional: nn.Module,
                offset: int = 0) -> torch.Tensor:
