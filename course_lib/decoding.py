@@ -211,12 +211,16 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
                                                and finished[alive[s]][-1].score >= bounds[s]))]
             if not going:
                 break
-            if len(going) < S:  # done sentences leave the batch: later steps skip their rows
+            same_sentences = len(going) == S
+            if not same_sentences:  # done sentences leave the batch: later steps skip them
                 index = torch.tensor(going, device=device)
                 live, prefixes = live[index], prefixes[index]
                 parents, token = parents[index], token[index]
                 alive = [alive[s] for s in going]
-            state = state.reorder(parents.view(-1))  # follow the surviving parents
+            # Follow the surviving parents. Parents are beams of the same sentence, so while no
+            # sentence leaves, what depends on the source alone stays as it is.
+            state = state.reorder(parents.view(-1),
+                                  keep=getattr(state, "per_source", ()) if same_sentences else ())
             token = token.reshape(-1, 1)  # (S*K, 1)
         if length == max_len:  # sentences still going at max_len: live hypotheses finish there
             for s, b in enumerate(alive):

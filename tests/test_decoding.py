@@ -433,3 +433,38 @@ def test_greedy_breaks_ties_towards_the_lower_token_id():
     assert torch.equal(result.tokens, torch.full((B, 4), 5))
     expected = 4 * (1.0 - math.log(2 * math.e + (TGT_V - 2) / math.e))  # 4 x log p(5)
     close(result.log_probs, torch.full((B,), expected))
+
+
+def _rows_per_sentence(value, K, dim):
+    """Whether every sentence's K rows of a tensor (or list of tensors) are identical."""
+    if value is None:
+        return True
+    if isinstance(value, list | tuple):
+        return all(_rows_per_sentence(v, K, dim) for v in value)
+    grouped = value.movedim(dim, 0).reshape(-1, K, *value.movedim(dim, 0).shape[1:])
+    return bool((grouped == grouped[:, :1]).all())
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_per_source_fields_are_the_same_for_every_beam_of_a_sentence(name):
+    """Beam search keeps a state's ``per_source`` fields as they are while no sentence leaves;
+    that is right only if those rows never differ between beams of one sentence, after any
+    number of steps, and if reordering the other fields alone gives the same next logits."""
+    model = make(name)
+    src, src_valid_len = make_source()
+    K = 3
+    state = model.encode(src, src_valid_len).reorder(torch.arange(B).repeat_interleave(K))
+    g = torch.Generator().manual_seed(2)
+    assert state.per_source, "the model's state names no per-source field"
+    with torch.no_grad():
+        for _ in range(3):
+            tokens = torch.randint(3, TGT_V, (B * K, 1), generator=g)
+            _, state = model.decode(tokens, state)
+            for field in state.per_source:
+                assert _rows_per_sentence(getattr(state, field), K, state.batch_dim(field)), field
+            within = (torch.arange(B).repeat_interleave(K) * K
+                      + torch.randint(0, K, (B * K,), generator=g))  # parents in each sentence
+            full, kept = state.reorder(within), state.reorder(within, keep=state.per_source)
+            tokens = torch.randint(3, TGT_V, (B * K, 1), generator=g)
+            close(model.decode(tokens, kept)[0], model.decode(tokens, full)[0], atol=0)
+            state = kept

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -42,16 +42,27 @@ class DecoderState:
     ``batch_dims`` maps a field name to the dimension that indexes the batch in it (default 0;
     e.g. 1 for a GRU hidden state of shape (num_layers, B, H)). Fields that are lists or tuples
     of tensors (per-layer caches) are reordered element by element; None is left alone.
+    ``per_source`` names the fields that depend on the source sentence only (encoder outputs,
+    lengths, projected memory): all beams of one sentence hold the same rows there.
     """
+
+    per_source: ClassVar[tuple[str, ...]] = ()
 
     def batch_dim(self, name: str) -> int:
         return getattr(self, "batch_dims", {}).get(name, 0)
 
-    def reorder(self, index: torch.Tensor) -> DecoderState:
-        """A new state whose row i is this state's row ``index[i]`` (beam search bookkeeping)."""
+    def reorder(self, index: torch.Tensor, *, keep: Iterable[str] = ()) -> DecoderState:
+        """A new state whose row i is this state's row ``index[i]`` (beam search bookkeeping).
+
+        Fields named in ``keep`` are left as they are. Beam search passes ``per_source`` when
+        ``index`` only moves rows among the beams of the same sentence: those fields would come
+        out identical, and copying them (the encoder memory, every layer's projected keys and
+        values) at every step is a good part of a step's time.
+        """
+        keep = set(keep)
         changes = {}
         for field in dataclasses.fields(self):
-            if field.name == "batch_dims":
+            if field.name == "batch_dims" or field.name in keep:
                 continue
             changes[field.name] = _select(getattr(self, field.name), index,
                                           self.batch_dim(field.name))

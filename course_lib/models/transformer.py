@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -214,6 +215,7 @@ class TransformerState(DecoderState):
     memory_kv: list[KVCache | None]     # per decoder layer: memory keys, values (B, H, T_src, D/H)
     past_tokens: torch.Tensor           # (B, T_past) decoder tokens so far (uncached decoding)
     offset: int = 0                     # number of positions decoded so far, T_past
+    per_source: ClassVar[tuple[str, ...]] = ("memory", "src_valid_len", "memory_kv")
 
 
 class Transformer(EncoderDecoder):
