@@ -46,7 +46,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_FRA, machine, print_table, write_csv  # noqa: E402
 
 from course_lib.d2l_book import book_loss, d2l_seq2seq_gru, d2l_transformer  # noqa: E402
-from course_lib.data.batching import BatchLoader  # noqa: E402
 from course_lib.data.fra_eng import benchmark_splits, load_fra_eng_pairs  # noqa: E402
 from course_lib.data.splits import PairSplits  # noqa: E402
 from course_lib.data.text import tokenize  # noqa: E402
@@ -301,7 +300,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     for name in dict.fromkeys(r["recipe"] for r in rows):
         runs = [r for r in rows if r["recipe"] == name]
 
-        def mean_sd(key: str) -> tuple[float, float | None]:
+        def mean_sd(key: str, runs=runs) -> tuple[float, float | None]:
             values = [r[key] for r in runs if r.get(key) is not None]
             if not values:
                 return math.nan, None

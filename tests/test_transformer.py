@@ -6,7 +6,6 @@ Notation: B batch · T time · H heads · D model width · V vocabulary size.
 from __future__ import annotations
 
 import dataclasses
-
 import random
 import time
 

@@ -20,7 +20,8 @@ What is checked:
   - interpreter hooks: ``sys.settrace``/``setprofile``/``excepthook``/``displayhook``,
     ``sys.modules``, ``sys.meta_path``, ``builtins``;
   - patching a module's attribute (``torch.testing.assert_close = ...``, ``setattr(np, ...)``,
-    ``unittest.mock``) or rebinding a name that the notebook's read-only cells imported or defined (``np = ...``);
+    ``unittest.mock``) or rebinding a name that the notebook's read-only cells imported or
+    defined (``np = ...``);
   - classes that define comparison, truth or conversion methods (``__eq__``, ``__bool__``,
     ``__float__``, ``__array__``, ``__torch_function__``, ...) or subclass a tensor, an array or
     a number, and dunder methods assigned onto objects;
@@ -142,7 +143,7 @@ def check_notebook(notebook: NotebookNode, released: NotebookNode,
         (student_sources if is_student else read_only_sources).append(
             (cells.cell_label(cell, index), cell.source))
     scope = _Scope()
-    for label, source in read_only_sources:  # the aliases and names the tests rely on
+    for _, source in read_only_sources:  # the aliases and names the tests rely on
         tree = _parse(source)
         if tree is not None:
             scope.learn(tree, read_only=True)
