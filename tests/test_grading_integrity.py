@@ -201,6 +201,22 @@ def test_structure_tampering_is_found():
     assert findings_of(whitespace) == []  # trailing blank lines are not an edit
 
 
+def test_the_instructors_version_of_a_test_cell_is_accepted():
+    """Instructors try the grader on the source notebook, whose test cells hold the hidden
+    tests: equal to the source's version is fine, anything else is an edit."""
+    solution = nbformat.read(ROOT / "solutions" / "hw4_multihead" / "hw4_multihead.ipynb",
+                             as_version=4)
+    policy = load_policy(ROOT, "hw4_multihead")
+    edited = findings_of(solution)
+    assert edited and all("test cell was edited" in f.reason for f in edited)
+    assert check_notebook(solution, released("hw4_multihead"), policy, source=solution) == []
+    tampered = edit(solution, cells.grade_id([c for c in solution.cells
+                                              if cells.is_test_cell(c)][0]),
+                    lambda nb, i, cell: setattr(cell, "source", "assert True"))
+    found = check_notebook(tampered, released("hw4_multihead"), policy, source=solution)
+    assert [f.reason for f in found] == ["this test cell was edited"]
+
+
 def test_unreadable_notebook_is_a_finding(tmp_path):
     broken = tmp_path / "hw4_multihead.ipynb"
     broken.write_text('{"cells": [', encoding="utf-8")

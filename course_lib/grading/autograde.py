@@ -140,7 +140,9 @@ def _check_integrity(course: Course, assignment: str, student: str, present: lis
             errors.append(f"{name}: not checked for integrity: no released notebook at "
                           f"{released} (run `course release {assignment}`)")
             continue
-        findings = check_submission(folder / name, released, policy)
+        source = course.source_dir / assignment / name
+        findings = check_submission(folder / name, released, policy,
+                                    source if source.is_file() else None)
         if findings:
             _flag_for_review(course, assignment, student, name, findings)
             flags += [f"{name}: {finding}" if len(present) > 1 else str(finding)

@@ -119,21 +119,25 @@ def load_policy(root: Path, assignment: str) -> Policy:
     return Policy(tuple(forbidden), table.get("reason", Policy.reason))
 
 
-def check_submission(submitted: Path, released: Path, policy: Policy = Policy()
-                     ) -> list[Finding]:
-    """Findings for the notebook file ``submitted`` against the released notebook file."""
+def check_submission(submitted: Path, released: Path, policy: Policy = Policy(),
+                     source: Path | None = None) -> list[Finding]:
+    """Findings for the notebook file ``submitted`` against the released notebook file (and
+    the instructors' ``source`` notebook, whose test cells, hidden tests included, are
+    accepted too: instructors try the grader on it)."""
     try:
         notebook = nbformat.read(submitted, as_version=4)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same finding
         return [Finding("invalid-notebook", submitted.name,
                         f"not a readable notebook ({type(error).__name__}: {error})")]
-    return check_notebook(notebook, nbformat.read(released, as_version=4), policy)
+    original = nbformat.read(source, as_version=4) if source is not None else None
+    return check_notebook(notebook, nbformat.read(released, as_version=4), policy, original)
 
 
-def check_notebook(notebook: NotebookNode, released: NotebookNode,
-                   policy: Policy = Policy()) -> list[Finding]:
-    """Findings for a submitted notebook against the released one (both parsed)."""
-    findings = _structure(notebook, released)
+def check_notebook(notebook: NotebookNode, released: NotebookNode, policy: Policy = Policy(),
+                   source: NotebookNode | None = None) -> list[Finding]:
+    """Findings for a submitted notebook against the released one (both parsed); a read-only
+    cell may also equal its version in the instructors' ``source`` notebook."""
+    findings = _structure(notebook, released, source)
     read_only_sources, student_sources = [], []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type != "code":
@@ -161,8 +165,11 @@ def _unique(findings: list[Finding]) -> list[Finding]:
     return list(dict.fromkeys(findings))
 
 
-def _structure(notebook: NotebookNode, released: NotebookNode) -> list[Finding]:
+def _structure(notebook: NotebookNode, released: NotebookNode,
+               source: NotebookNode | None) -> list[Finding]:
     findings = []
+    original = {cells.grade_id(cell): _normalise(cell.source)
+                for cell in (source.cells if source is not None else []) if cells.grade_id(cell)}
     by_id: dict[str, list[NotebookNode]] = {}
     for cell in notebook.cells:
         if cells.grade_id(cell):
@@ -192,7 +199,8 @@ def _structure(notebook: NotebookNode, released: NotebookNode) -> list[Finding]:
                                     f"its nbgrader metadata was edited ({', '.join(changed)})"))
         read_only = cells.is_test_cell(cell) or (theirs_meta.get("locked")
                                                  and not theirs_meta.get("solution"))
-        if read_only and _normalise(mine.source) != _normalise(cell.source):
+        if read_only and _normalise(mine.source) not in (_normalise(cell.source),
+                                                         original.get(grade_id)):
             what = "test" if cells.is_test_cell(cell) else "read-only"
             findings.append(Finding("structure", grade_id, f"this {what} cell was edited"))
     for grade_id in sorted(set(by_id) - released_ids):
