@@ -335,3 +335,14 @@ def test_course_grade_leaves_the_honest_student_alone(attacked_course):
     assert score == 100 and not flagged
     assert all(manual is None for _, _, manual, _ in grades)
     assert "honest is flagged" not in summary
+
+
+def test_student_paths_are_never_imported_by_the_checker():
+    """Resolving a name from student code follows attributes only: a submodule the student
+    names (here one that would run a program on import) is not imported in the grader."""
+    import sys
+
+    code = "import numpy.f2py.__main__\nfrom sacrebleu import __main__ as m"
+    before = set(sys.modules)
+    findings_of(with_code("hw4_multihead", "multihead_attention", code))
+    assert not {"numpy.f2py.__main__", "sacrebleu.__main__"} & (set(sys.modules) - before)

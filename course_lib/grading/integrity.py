@@ -305,7 +305,7 @@ class _Checker(ast.NodeVisitor):
             return None
         module = getattr(target, "__module__", None) or ""
         for entry in self.policy.forbidden:
-            wanted = _lookup(entry)
+            wanted = _lookup(entry, import_submodules=True)
             if wanted is not _MISSING and target is wanted:
                 return entry
             if isinstance(wanted, types.ModuleType) and (module == entry
@@ -419,13 +419,17 @@ _TRUSTED_ROOTS = {"torch", "numpy", "course_lib", "sacrebleu", "scipy", "math", 
 
 
 @functools.lru_cache(maxsize=4096)
-def _lookup(path: str) -> object:
-    """The object a dotted path names, imported in the grader's process; only for trusted
-    libraries (never the student's files): ``_MISSING`` when it cannot be found."""
+def _lookup(path: str, import_submodules: bool = False) -> object:
+    """The object a dotted path names in the grader's process, for trusted libraries only:
+    ``_MISSING`` when it cannot be found. A path from student code imports nothing but its
+    top-level package and is followed by attribute access alone (importing a student-chosen
+    submodule, such as some package's ``__main__``, would run it here); ``import_submodules``
+    is for the policy's own entries."""
     parts = path.split(".")
-    if parts[0] not in _TRUSTED_ROOTS:
+    if parts[0] not in _TRUSTED_ROOTS or any(part.startswith("__") for part in parts):
         return _MISSING
-    for cut in range(len(parts), 0, -1):
+    cuts = range(len(parts), 0, -1) if import_submodules else (1,)
+    for cut in cuts:
         try:
             target = importlib.import_module(".".join(parts[:cut]))
         except Exception:  # noqa: BLE001 - not a module (or not installed): try shorter
