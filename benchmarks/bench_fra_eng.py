@@ -324,14 +324,19 @@ def plot(summary: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.2))
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(summary) + 1.6))
     names = [s["recipe"] for s in summary][::-1]
     values = [s["bleu_a"] for s in summary][::-1]
     errors = [s["sd_a"] or 0.0 for s in summary][::-1]
     colors = ["tab:gray" if n.startswith("d2l") else "tab:blue" for n in names]
     ax.barh(names, values, xerr=errors, color=colors)
-    for y, v in enumerate(values):
-        ax.text(v + 0.3, y, f"{v:.1f}", va="center")
+    for y, (v, e) in enumerate(zip(values, errors, strict=True)):
+        ax.text(v + e + 0.3, y, f"{v:.1f}", va="center")
+    d2l_best = max((s["bleu_a"] for s in summary if s["recipe"].startswith("d2l")), default=0)
+    if d2l_best:
+        ax.axvline(1.3 * d2l_best, color="tab:red", linestyle="--", linewidth=1,
+                   label=f"1.3 × the better d2l model ({1.3 * d2l_best:.1f})")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.12), frameon=False)
     ax.set_xlabel("test BLEU (a): sacreBLEU, d2l tokens, tokenize='none'")
     ax.set_title("fra-eng, 1,000 test sentences, equal CPU budget per model")
     fig.tight_layout()
