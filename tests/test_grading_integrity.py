@@ -291,6 +291,9 @@ def attacked_course(tmp_path_factory, repo_root):
     done = subprocess.run([sys.executable, "-m", "nbgrader", "autograde", NAME, "--force"],
                           cwd=plain, env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
+    garbled = root / "submitted" / "garbled" / NAME  # for course grade only
+    garbled.mkdir(parents=True)
+    (garbled / f"{NAME}.ipynb").write_text('{"cells": [', encoding="utf-8")  # cut short
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main(["--root", str(root), "grade", NAME, "--no-progress"]) == 0
@@ -346,3 +349,17 @@ def test_student_paths_are_never_imported_by_the_checker():
     before = set(sys.modules)
     findings_of(with_code("hw4_multihead", "multihead_attention", code))
     assert not {"numpy.f2py.__main__", "sacrebleu.__main__"} & (set(sys.modules) - before)
+
+
+def test_an_unreadable_notebook_is_zero_and_flagged_and_the_batch_goes_on(attacked_course):
+    root, _, summary = attacked_course
+    assert "garbled is flagged for review" in summary and "not a readable notebook" in summary
+    import contextlib
+
+    from nbgrader.api import Gradebook, MissingEntry
+
+    # nbgrader may record nothing for it (MissingEntry): no points either
+    with Gradebook(f"sqlite:///{root}/gradebook.db") as gradebook, \
+            contextlib.suppress(MissingEntry):
+        assert float(gradebook.find_submission("hw0_demo", "garbled").score) == 0
+    assert submission_grades(root, "honest")[0] == 100

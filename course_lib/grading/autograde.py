@@ -116,9 +116,14 @@ def _flag_for_review(course: Course, assignment: str, student: str, notebook: st
     reasons = "\n".join(f"- {finding}" for finding in findings)
     note = ("Flagged for review by the course's integrity checks; scored 0 until an "
             f"instructor has looked at it:\n{reasons}")
+    from nbgrader.api import MissingEntry
+
     with course.gradebook() as gradebook:
-        submitted = gradebook.find_submission_notebook(notebook.removesuffix(".ipynb"),
-                                                        assignment, student)
+        try:
+            submitted = gradebook.find_submission_notebook(notebook.removesuffix(".ipynb"),
+                                                            assignment, student)
+        except MissingEntry:  # nbgrader recorded nothing (e.g. an unreadable file): 0 anyway
+            return
         for grade in submitted.grades:
             grade.manual_score = 0.0
             grade.needs_manual_grade = True
