@@ -136,6 +136,13 @@ def test_ordinary_code_and_magics_are_not_flagged():
             "        self.proj = nn.Linear(4, 4)\n"
             "    def forward(self, X):\n"
             "        return torch.relu(self.proj(X))\n"
+            "class Vocabulary:\n"
+            "    def __init__(self, tokens):\n        self.tokens = list(tokens)\n"
+            "    def __len__(self):\n        return len(self.tokens)\n"
+            "    def __getitem__(self, i):\n        return self.tokens[i]\n"
+            "    def __iter__(self):\n        return iter(self.tokens)\n"
+            "    def __contains__(self, token):\n        return token in self.tokens\n"
+            "    def __repr__(self):\n        return f'Vocabulary({len(self)})'\n"
             "torch.manual_seed(0)\nvalues = [getattr(Helper(), 'proj')]\n"
             "with torch.no_grad():\n    total = F.softmax(torch.zeros(3), dim=-1).sum()")
     assert findings_of(with_code("hw4_multihead", "multihead_attention", code)) == []

@@ -66,13 +66,15 @@ _IPYTHON_HOOKS = {
 }
 _SYS_HOOKS = {"settrace", "setprofile", "excepthook", "displayhook", "modules", "meta_path",
               "path_hooks", "audit", "addaudithook", "breakpointhook"}
+# What a test compares with: equality, ordering, truth, conversion to numbers and arrays,
+# arithmetic in tolerance checks, type checks. Container methods (__len__, __iter__,
+# __getitem__, __contains__) are left alone: honest classes (a vocabulary) define them.
 _LYING_DUNDERS = {
-    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__len__",
-    "__float__", "__int__", "__index__", "__complex__", "__abs__", "__array__",
+    "__eq__", "__ne__", "__lt__", "__le__", "__gt__", "__ge__", "__bool__", "__float__",
+    "__int__", "__index__", "__complex__", "__abs__", "__sub__", "__rsub__", "__array__",
     "__array_ufunc__", "__array_function__", "__array_interface__", "__torch_function__",
-    "__torch_dispatch__", "__instancecheck__", "__subclasscheck__", "__getattr__",
-    "__getattribute__", "__round__", "__hash__", "__contains__", "__iter__", "__sub__",
-    "__rsub__", "__class__",
+    "__torch_dispatch__", "__instancecheck__", "__subclasscheck__", "__getattribute__",
+    "__class__",
 }
 _SUSPECT_BASES = {"torch.Tensor", "numpy.ndarray", "float", "int", "complex", "bool", "str",
                   "list", "tuple", "dict", "set", "torch.nn.Parameter"}
