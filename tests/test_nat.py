@@ -112,16 +112,20 @@ def test_config_and_decode_arguments_are_checked():
 
 # --- What the decoder sees ---------------------------------------------------------------------
 
+def decoded(decoder_input, lengths, T):
+    """(model, encoding, decoder inputs X (B, T, D), decoder features of X) for lengths."""
+    model = make_model(decoder_input=decoder_input)
+    encoding = model.encode(*make_inputs())
+    X = model.decoder_inputs(encoding, lengths, T)
+    return model, encoding, X, model.decode_features(X, encoding, lengths)
+
+
 @MODES
 def test_decoder_is_not_causal(decoder_input):
     """Changing a LATER decoder input changes the output at an earlier position (the opposite
     of the Transformer decoder's causal property)."""
-    model = make_model(decoder_input=decoder_input)
-    src, src_valid_len = make_inputs()
-    encoding = model.encode(src, src_valid_len)
     lengths = torch.tensor([6, 6, 6, 6])
-    X = model.decoder_inputs(encoding, lengths, 6)
-    before = model.decode_features(X, encoding, lengths)
+    model, encoding, X, before = decoded(decoder_input, lengths, 6)
     X_changed = X.clone()
     X_changed[:, 4] += torch.randn(4, 32, generator=torch.Generator().manual_seed(0))
     after = model.decode_features(X_changed, encoding, lengths)
@@ -131,12 +135,8 @@ def test_decoder_is_not_causal(decoder_input):
 
 @MODES
 def test_decoder_ignores_positions_past_the_length(decoder_input):
-    model = make_model(decoder_input=decoder_input)
-    src, src_valid_len = make_inputs()
-    encoding = model.encode(src, src_valid_len)
     lengths = torch.tensor([3, 5, 2, 4])
-    X = model.decoder_inputs(encoding, lengths, 8)
-    before = model.decode_features(X, encoding, lengths)
+    model, encoding, X, before = decoded(decoder_input, lengths, 8)
     keep = torch.arange(8) < lengths[:, None]  # (B, 8)
     noise = torch.randn(X.shape, generator=torch.Generator().manual_seed(0)) * 10
     after = model.decode_features(torch.where(keep[..., None], X, noise), encoding, lengths)

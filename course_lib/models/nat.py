@@ -78,9 +78,7 @@ class NATConfig:
     norm_first: bool = False     # False: post-LN as in the paper; True: pre-LN + final norms
 
     def __post_init__(self):
-        if self.num_heads <= 0 or self.d_model % self.num_heads:
-            raise ValueError(f"d_model must be divisible by num_heads, got d_model="
-                             f"{self.d_model}, num_heads={self.num_heads}")
+        self.block_config()  # the Transformer's own checks (d_model divisible by num_heads)
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
         if self.decoder_input not in _DECODER_INPUTS:
