@@ -45,7 +45,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_FRA, machine, print_table, write_csv  # noqa: E402
 
-from course_lib.d2l_book import book_loss, d2l_seq2seq_gru, d2l_transformer  # noqa: E402
+from course_lib.d2l_book import book_train_step, d2l_seq2seq_gru, d2l_transformer  # noqa: E402
 from course_lib.data.fra_eng import benchmark_splits, load_fra_eng_pairs  # noqa: E402
 from course_lib.data.splits import PairSplits  # noqa: E402
 from course_lib.data.text import tokenize  # noqa: E402
@@ -164,12 +164,7 @@ def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: floa
             for batch in loader:
                 if time.perf_counter() >= deadline:
                     break
-                logits = model(batch.src, batch.dec_input, batch.src_valid_len)
-                loss = book_loss(logits, batch.tgt, pad)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, 1.0)
-                optimizer.step()
+                loss = book_train_step(model, batch, optimizer, pad)
                 done += 1
                 tokens += batch.num_target_tokens
                 total += loss.item()

@@ -44,7 +44,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_FRA, machine, median, print_table, side_by_side, write_csv  # noqa: E402
 
-from course_lib.d2l_book import book_loss, d2l_transformer  # noqa: E402
+from course_lib.d2l_book import book_train_step, d2l_transformer  # noqa: E402
 from course_lib.data.batching import BatchLoader  # noqa: E402
 from course_lib.data.fra_eng import fra_eng_dataset  # noqa: E402
 from course_lib.data.generated import numbers_dataset  # noqa: E402
@@ -86,15 +86,14 @@ def trainer(model, batches, is_d2l: bool, pad: int):
         model.train()
         tokens = 0
         for batch in batches:
-            optimizer.zero_grad(set_to_none=True)
             if is_d2l:
-                logits = model(batch.src, batch.dec_input, batch.src_valid_len)
-                loss = book_loss(logits, batch.tgt, pad)
+                book_train_step(model, batch, optimizer, pad, CLIP)
             else:  # course_lib.training's loss: logits only at real target positions
+                optimizer.zero_grad(set_to_none=True)
                 loss, _, _ = sequence_loss(model, batch)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-            optimizer.step()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+                optimizer.step()
             tokens += batch.num_target_tokens
         return tokens
 

@@ -31,8 +31,8 @@ from torch.nn import functional as F
 
 from course_lib.compat import load_d2l
 
-__all__ = ["book_loss", "d2l_seq2seq_gru", "d2l_transformer", "make_seq2seq_decoder",
-           "make_transformer_decoder"]
+__all__ = ["book_loss", "book_train_step", "d2l_seq2seq_gru", "d2l_transformer",
+           "make_seq2seq_decoder", "make_transformer_decoder"]
 
 
 def book_loss(logits: torch.Tensor, tgt: torch.Tensor, pad: int) -> torch.Tensor:
@@ -43,6 +43,19 @@ def book_loss(logits: torch.Tensor, tgt: torch.Tensor, pad: int) -> torch.Tensor
                                 reduction="none")
     mask = (tgt.reshape(-1) != pad).float()
     return (per_token * mask).sum() / mask.sum()
+
+
+def book_train_step(model: nn.Module, batch, optimizer: torch.optim.Optimizer, pad: int,
+                    clip: float = 1.0) -> torch.Tensor:
+    """One step of the book's ``Trainer`` on a course ``Batch``: the full-width logits, the
+    book's masked loss, gradient clipping at ``clip``, an optimizer step; returns the loss."""
+    logits = model(batch.src, batch.dec_input, batch.src_valid_len)
+    loss = book_loss(logits, batch.tgt, pad)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
+    optimizer.step()
+    return loss.detach()
 
 
 def make_seq2seq_decoder(vocab_size: int, embed_size: int, num_hiddens: int, num_layers: int,

@@ -106,3 +106,25 @@ def test_book_loss_is_the_books_masked_loss_not_the_packages():
     expected = torch.nn.functional.cross_entropy(logits[real], tgt[real])
     torch.testing.assert_close(book_loss(logits, tgt, pad=0), expected)
     assert abs(float(book_loss(logits, tgt, pad=0) - package.loss(logits, tgt))) > 1e-3
+
+
+def test_book_train_step_is_the_books_loss_clipped_then_one_step():
+    from types import SimpleNamespace
+
+    from course_lib.d2l_book import book_loss, book_train_step
+
+    torch.manual_seed(0)
+    model = d2l_transformer(30, 40, dropout=0.0)
+    src, src_valid_len, dec_input = batch()
+    tgt = torch.roll(dec_input, -1, dims=1)
+    tgt[0, 4:] = 0
+    step = SimpleNamespace(src=src, src_valid_len=src_valid_len, dec_input=dec_input, tgt=tgt)
+    model.train()
+    expected = book_loss(model(src, dec_input, src_valid_len), tgt, pad=0).detach()
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = torch.optim.SGD(model.parameters(), lr=1.0)
+    loss = book_train_step(model, step, optimizer, pad=0, clip=0.5)
+    torch.testing.assert_close(loss, expected)
+    moved = torch.cat([(p.detach() - b).flatten() for p, b in zip(model.parameters(), before,
+                                                                   strict=True)])
+    assert 0 < float(moved.norm()) <= 0.5 + 1e-5  # SGD with lr 1 moves by the clipped gradient
