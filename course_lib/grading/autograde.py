@@ -133,21 +133,44 @@ def _flag_for_review(course: Course, assignment: str, student: str, notebook: st
         gradebook.db.commit()
 
 
+@dataclass
+class _References:
+    """What submissions are checked against: the assignment's policy and, per notebook name,
+    the released and source notebooks, each read once per ``course grade`` run."""
+
+    policy: Policy
+    released: dict[str, nbformat.NotebookNode]
+    source: dict[str, nbformat.NotebookNode]
+
+    @classmethod
+    def load(cls, course: Course, assignment: str, notebooks: list[str]) -> _References:
+        try:
+            policy = load_policy(course.root, assignment)
+        except ValueError as error:
+            raise GradingError(str(error)) from error
+
+        def read(folder):
+            return {name: nbformat.read(folder / name, as_version=4) for name in notebooks
+                    if (folder / name).is_file()}
+
+        return cls(policy, read(course.release_dir / assignment),
+                   read(course.source_dir / assignment))
+
+
 def _check_integrity(course: Course, assignment: str, student: str, present: list[str],
-                     policy: Policy) -> tuple[list[str], list[str]]:
+                     references: _References) -> tuple[list[str], list[str]]:
     """Run the integrity checks on each submitted notebook and flag those with findings;
     returns (flags, errors)."""
     flags, errors = [], []
     folder = course.submitted_dir / student / assignment
     for name in present:
-        released = course.release_dir / assignment / name
-        if not released.is_file():
+        if name not in references.released:
             errors.append(f"{name}: not checked for integrity: no released notebook at "
-                          f"{released} (run `course release {assignment}`)")
+                          f"{course.release_dir / assignment / name} (run `course release "
+                          f"{assignment}`)")
             continue
-        source = course.source_dir / assignment / name
-        findings = check_submission(folder / name, released, policy,
-                                    source if source.is_file() else None)
+        findings = check_submission(folder / name, references.released[name], references.policy,
+                                    references.source.get(name))
         if findings:
             _flag_for_review(course, assignment, student, name, findings)
             flags += [f"{name}: {finding}" if len(present) > 1 else str(finding)
@@ -156,7 +179,8 @@ def _check_integrity(course: Course, assignment: str, student: str, present: lis
 
 
 def _grade_one(course: Course, assignment: str, student: str,
-               notebooks: list[str], order: list[str], policy: Policy) -> StudentResult:
+               notebooks: list[str], order: list[str], references: _References
+               ) -> StudentResult:
     from nbgrader.converters import Autograde
 
     start = time.perf_counter()
@@ -176,8 +200,8 @@ def _grade_one(course: Course, assignment: str, student: str,
         missing = sorted(set(notebooks) - set(present))
         if missing:
             grading_errors.append(f"missing notebook {', '.join(missing)}")
-    flags, integrity_errors = (_check_integrity(course, assignment, student, present, policy)
-                               if present else ([], []))
+    flags, integrity_errors = (_check_integrity(course, assignment, student, present,
+                                                references) if present else ([], []))
     result = _read_result(course, assignment, student, order)
     _read_outputs(course, assignment, result)
     result.errors += grading_errors + integrity_errors
@@ -194,13 +218,10 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
     if jobs < 1:
         raise ValueError(f"jobs must be at least 1, got {jobs}")
     sources = course.source_notebooks(assignment)  # GradingError for an unknown assignment
-    try:
-        policy = load_policy(course.root, assignment)
-    except ValueError as error:
-        raise GradingError(str(error)) from error
     notebooks = [path.name for path in sources]
-    order = [cells.grade_id(cell) for path in sources
-             for cell in nbformat.read(path, as_version=4).cells if cells.is_graded(cell)]
+    references = _References.load(course, assignment, notebooks)
+    order = [cells.grade_id(cell) for name in notebooks
+             for cell in references.source[name].cells if cells.is_graded(cell)]
     available = submitted_students(course, assignment)
     if students:
         unknown = sorted(set(students) - set(available))
@@ -222,7 +243,8 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
         warnings.filterwarnings("ignore", message="Object of type <Submitted")
         for student in bar:
             bar.set_postfix_str(student)
-            results.append(_grade_one(course, assignment, student, notebooks, order, policy))
+            results.append(_grade_one(course, assignment, student, notebooks, order,
+                                      references))
     bar.close()
     return results
 

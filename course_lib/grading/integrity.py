@@ -121,18 +121,23 @@ def load_policy(root: Path, assignment: str) -> Policy:
     return Policy(tuple(forbidden), table.get("reason", Policy.reason))
 
 
-def check_submission(submitted: Path, released: Path, policy: Policy = Policy(),
-                     source: Path | None = None) -> list[Finding]:
-    """Findings for the notebook file ``submitted`` against the released notebook file (and
-    the instructors' ``source`` notebook, whose test cells, hidden tests included, are
-    accepted too: instructors try the grader on it)."""
+def check_submission(submitted: Path, released: Path | NotebookNode, policy: Policy = Policy(),
+                     source: Path | NotebookNode | None = None) -> list[Finding]:
+    """Findings for the notebook file ``submitted`` against the released notebook (and the
+    instructors' ``source`` notebook, whose test cells, hidden tests included, are accepted
+    too: instructors try the grader on it). The references are files or parsed notebooks
+    (parse them once when checking a whole class)."""
     try:
         notebook = nbformat.read(submitted, as_version=4)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same finding
         return [Finding("invalid-notebook", submitted.name,
                         f"not a readable notebook ({type(error).__name__}: {error})")]
-    original = nbformat.read(source, as_version=4) if source is not None else None
-    return check_notebook(notebook, nbformat.read(released, as_version=4), policy, original)
+    return check_notebook(notebook, _parsed(released), policy,
+                          None if source is None else _parsed(source))
+
+
+def _parsed(notebook: Path | NotebookNode) -> NotebookNode:
+    return notebook if isinstance(notebook, dict) else nbformat.read(notebook, as_version=4)
 
 
 def check_notebook(notebook: NotebookNode, released: NotebookNode, policy: Policy = Policy(),
