@@ -176,6 +176,9 @@ if config["uid"] is not None and os.getuid() == 0 and config["real_root"]:
     os.setgid(config["gid"])
     os.setuid(config["uid"])
     dropped = True
+import resource  # set here, not in a preexec_fn: the grader may start sandboxes from threads
+for name, soft, hard in config["limits"]:
+    resource.setrlimit(getattr(resource, name), (soft, hard))
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # an oversized write raises OSError instead
 sys.path.insert(0, "")
 cells_in = sys.stdin
@@ -254,22 +257,15 @@ for line in cells_in:
 '''
 
 
-def _limit_resources(limits: Limits):
-    """A preexec_fn that sets the rlimits in the child before it execs."""
-    import resource
-
-    def apply() -> None:
-        settings = [(resource.RLIMIT_AS, limits.memory_bytes),
-                    (resource.RLIMIT_CPU, (limits.cpu_seconds, limits.cpu_seconds + 1)),
-                    (resource.RLIMIT_FSIZE, limits.max_file_bytes),
-                    (resource.RLIMIT_NOFILE, limits.max_open_files),
-                    (resource.RLIMIT_NPROC, limits.max_processes),
-                    (resource.RLIMIT_CORE, 0)]
-        for name, value in settings:
-            soft, hard = value if isinstance(value, tuple) else (value, value)
-            resource.setrlimit(name, (soft, hard))
-
-    return apply
+def _rlimits(limits: Limits) -> list[tuple[str, int, int]]:
+    """(name, soft, hard) of each rlimit the runner sets on itself before any cell runs (after
+    dropping privileges, so that RLIMIT_NPROC counts)."""
+    return [("RLIMIT_AS", limits.memory_bytes, limits.memory_bytes),
+            ("RLIMIT_CPU", limits.cpu_seconds, limits.cpu_seconds + 1),
+            ("RLIMIT_FSIZE", limits.max_file_bytes, limits.max_file_bytes),
+            ("RLIMIT_NOFILE", limits.max_open_files, limits.max_open_files),
+            ("RLIMIT_NPROC", limits.max_processes, limits.max_processes),
+            ("RLIMIT_CORE", 0, 0)]
 
 
 def _read_notebook(notebook) -> nbformat.NotebookNode:
@@ -437,7 +433,7 @@ def _execute(node, work: Path, prefix: tuple[str, ...], limits: Limits, hide: li
     if prefix:  # sh as PID 1 of the namespace: the runner can then die of its own signals
         command = [*prefix, "sh", "-c", 'cd "$0" && "$@"; exit $?', str(work), *command]
     config = {"hide": hide if prefix else [], "uid": drop_uid, "gid": drop_uid,
-              "real_root": real_root, "expose": None}
+              "real_root": real_root, "expose": None, "limits": _rlimits(limits)}
     closed = _closed_ancestor(Path(sys.base_prefix)) if drop_uid is not None else None
     if closed is not None:
         stage = work.parent / "python"
@@ -447,7 +443,7 @@ def _execute(node, work: Path, prefix: tuple[str, ...], limits: Limits, hide: li
         process = subprocess.Popen(
             command, cwd=work, env=_environment(work), stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, pass_fds=(protocol_write,),
-            preexec_fn=_limit_resources(limits), start_new_session=True)
+            start_new_session=True)
     except BaseException:
         os.close(protocol_read)
         raise
