@@ -8,7 +8,7 @@ Graded homework, on nbgrader (see course_lib/grading/):
 
     course release hw1_rnn_seq2seq | --all   regenerate assignments/ from solutions/
     course check NOTEBOOK                    a student's run of the visible tests
-    course grade hw1_rnn_seq2seq             autograde submitted/*/hw1_rnn_seq2seq/
+    course grade hw1_rnn_seq2seq [--jobs 2]  autograde submitted/*/hw1_rnn_seq2seq/ in sandboxes
     course feedback hw1_rnn_seq2seq          HTML per student, hidden tests left out
     course export [--to grades.csv]          grades from the gradebook to CSV
 """
@@ -177,9 +177,6 @@ def cmd_grade(args: argparse.Namespace) -> int:
     course = _course(args)
     if args.jobs < 1:
         raise GradingError(f"--jobs must be at least 1, got {args.jobs}")
-    if args.jobs > 1:
-        print(f"course grade: --jobs {args.jobs}: submissions are graded one at a time for "
-              "now (parallel grading needs a sandbox per submission).", file=sys.stderr)
     results = grade_assignment(course, args.assignment, students=args.student or None,
                                jobs=args.jobs, progress=not args.no_progress)
     print(format_summary(args.assignment, results))
@@ -230,7 +227,8 @@ def add_grading_commands(commands) -> None:
     grade = commands.add_parser("grade", help="autograde submitted/*/ASSIGNMENT/")
     grade.add_argument("assignment", metavar="ASSIGNMENT")
     grade.add_argument("--jobs", type=int, default=1, metavar="N",
-                       help="accepted; submissions are graded one at a time for now")
+                       help="run N submissions at once (each sandbox under its own uid; "
+                            "default 1)")
     grade.add_argument("--student", nargs="+", metavar="ID", help="only these students")
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
     grade.set_defaults(func=cmd_grade)

@@ -1,33 +1,59 @@
-"""``course grade ASSIGNMENT``: nbgrader autograde of every submission, with a summary.
+"""``course grade ASSIGNMENT``: every submission run in a sandbox, judged outside it, recorded
+in nbgrader's gradebook, with a summary.
 
 Submissions live where nbgrader expects them, ``submitted/<student>/<assignment>/<notebook>``;
-results go to nbgrader's gradebook and ``autograded/``. nbgrader does the grading (students
-created as needed, locked cells and tests restored from the gradebook, hidden tests run); this
-module adds a progress bar, zero points (recorded in the gradebook) for a submission without
+results go to nbgrader's gradebook and ``autograded/``. nbgrader's Autograde does the
+bookkeeping (students created as needed, locked cells and tests restored from the gradebook,
+grades saved), with its ``Execute`` step replaced by ``execution.SandboxedExecute``: the
+notebook runs in ``sandbox.run_notebook`` (fresh folder, no network, the gradebook, sources and
+other students hidden, an unprivileged uid, limits) and each test cell earns its points only if
+the grader, in this process, also finds every check true on the plain data the run recorded
+(``verdicts.py``). Before any student, the solution notebook runs the same way: its records are
+the sequence every student's run must repeat, and if it fails its own tests nothing is graded.
+
+This module adds the parallel runs (``jobs`` sandboxes at once, each under its own uid; the
+gradebook is written by this thread alone, one student at a time, and a student whose write
+fails is rolled back to the gradebook as it was before), zero points for a submission without
 the expected notebook, the integrity checks of ``course_lib.grading.integrity`` (a notebook
 with a finding is scored zero and flagged for review, with the reasons as its comment), and a
-per-student table. A student's broken code is that student's
-result, never a failure of the command; only a set-up problem (no such assignment, a broken
-configuration) raises GradingError.
-
-``jobs`` is accepted for the command line's sake but submissions are graded one at a time: the
-SQLite gradebook takes one writer, and parallel grading needs sandboxing first.
+per-student table. A student's broken code is that student's result, never a failure of the
+command; only a set-up problem (no such assignment, a broken configuration, a solution that
+fails its own tests) raises GradingError.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import queue
 import shutil
+import sqlite3
 import sys
+import tempfile
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import nbformat
+from traitlets.config import Config
 
 from course_lib.grading import cells
 from course_lib.grading.course import Course, GradingError
+from course_lib.grading.execution import (
+    GRADING_LIMITS,
+    Execution,
+    TestPlans,
+    _Context,
+    execute,
+    grading_context,
+    reference_run,
+    restore_trusted_cells,
+)
 from course_lib.grading.integrity import Finding, Policy, check_submission, load_policy
 from course_lib.grading.release import ensure_in_gradebook
+from course_lib.grading.sandbox import NOBODY, Limits
 
 __all__ = ["StudentResult", "format_summary", "grade_assignment", "submitted_students"]
 
@@ -178,9 +204,54 @@ def _check_integrity(course: Course, assignment: str, student: str, present: lis
     return flags, errors
 
 
+def _sandboxed_config() -> Config:
+    """nbgrader's autograde steps with Execute replaced by the sandboxed, judged run."""
+    from nbconvert.preprocessors import ClearMetadataPreprocessor
+    from nbgrader.preprocessors import (
+        AssignLatePenalties,
+        CheckCellMetadata,
+        IgnorePattern,
+        LimitOutput,
+        SaveAutoGrades,
+    )
+
+    from course_lib.grading.execution import SandboxedExecute
+
+    config = Config()
+    config.Autograde.autograde_preprocessors = [
+        SandboxedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades,
+        AssignLatePenalties, CheckCellMetadata]
+    return config
+
+
+def _database(course: Course) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(course.db_url[len(prefix):]) if course.db_url.startswith(prefix) else None
+
+
+def _snapshot(course: Course) -> sqlite3.Connection | None:
+    """An in-memory copy of the SQLite gradebook (None for another database)."""
+    path = _database(course)
+    if path is None or not path.is_file():
+        return None
+    copy = sqlite3.connect(":memory:")
+    with contextlib.closing(sqlite3.connect(path)) as source:
+        source.backup(copy)
+    return copy
+
+
+def _restore(course: Course, snapshot: sqlite3.Connection | None) -> None:
+    """Put the gradebook back as it was when ``snapshot`` was taken (in one transaction)."""
+    path = _database(course)
+    if snapshot is None or path is None:
+        return
+    with contextlib.closing(sqlite3.connect(path)) as target:
+        snapshot.backup(target)
+
+
 def _grade_one(course: Course, assignment: str, student: str,
-               notebooks: list[str], order: list[str], references: _References
-               ) -> StudentResult:
+               notebooks: list[str], order: list[str], references: _References,
+               context: _Context) -> StudentResult:
     from nbgrader.converters import Autograde
 
     start = time.perf_counter()
@@ -193,10 +264,19 @@ def _grade_one(course: Course, assignment: str, student: str,
                               + (f" (found {', '.join(found)})" if found else ""))
         _record_missing(course, assignment, student)
     else:
-        run = course.run(Autograde, assignment_id=assignment, student_id=student,
-                         force=True, create_student=True)
-        if not run.success:
+        snapshot = _snapshot(course)
+        try:
+            run = course.run(Autograde, config=_sandboxed_config(), assignment_id=assignment,
+                             student_id=student, force=True, create_student=True)
+        except BaseException:
+            _restore(course, snapshot)
+            raise
+        if not run.success:  # nothing half-written stays: back to before, then a zero
+            _restore(course, snapshot)
             grading_errors.append(f"nbgrader autograde failed: {run.summary()}")
+            _record_missing(course, assignment, student)
+        for name in present:
+            grading_errors += context.problems.pop((student, name.removesuffix(".ipynb")), [])
         missing = sorted(set(notebooks) - set(present))
         if missing:
             grading_errors.append(f"missing notebook {', '.join(missing)}")
@@ -234,19 +314,108 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
     if ensure_in_gradebook(course, assignment):
         print(f"course grade: recorded {assignment} in the gradebook from "
               f"{course.source_dir / assignment}", file=sys.stderr)
+    tests = {name.removesuffix(".ipynb"): TestPlans.from_source(name, references.source[name])
+             for name in notebooks}
+    context = _Context(tests=tests, hidden_paths=hidden_paths(course),
+                       limits=grading_limits(course), prefetched={})
+    uids: queue.SimpleQueue[int] = queue.SimpleQueue()
+    for job in range(jobs):  # RLIMIT_NPROC counts per uid: one uid per parallel sandbox
+        uids.put(NOBODY - job)
+
+    def sandboxed(function, *args):
+        uid = uids.get()
+        try:
+            return function(*args, limits=context.limits, hidden_paths=context.hidden_paths,
+                            uid=uid)
+        finally:
+            uids.put(uid)
+
     results = []
     bar = tqdm(available, desc=f"grading {assignment}", unit="submission", disable=not progress,
                file=sys.stderr)
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), ThreadPoolExecutor(jobs) as pool:
         # nbgrader 0.9's gradebook code makes SQLAlchemy 2 warn about objects it adds to the
         # session later ("Object of type <SubmittedAssignment> not in session"): harmless.
         warnings.filterwarnings("ignore", message="Object of type <Submitted")
-        for student in bar:
-            bar.set_postfix_str(student)
-            results.append(_grade_one(course, assignment, student, notebooks, order,
-                                      references))
+        source_folder = course.source_dir / assignment
+        reference_runs = [pool.submit(sandboxed, reference_run, references.source[name],
+                                      source_folder, tests[name.removesuffix(".ipynb")])
+                          for name in notebooks]
+        runs = {student: [pool.submit(_prefetch, course, assignment, student, name,
+                                      references, tests, sandboxed) for name in notebooks]
+                for student in available}
+        try:
+            for future in reference_runs:
+                future.result()  # GradingError if the solution fails its own tests
+            for student in bar:
+                bar.set_postfix_str(student)
+                for name, future in zip(notebooks, runs[student], strict=True):
+                    execution = future.result()
+                    if execution is not None:
+                        context.prefetched[(student, name.removesuffix(".ipynb"))] = execution
+                with grading_context(context):
+                    results.append(_grade_one(course, assignment, student, notebooks, order,
+                                              references, context))
+        finally:
+            for future in [*reference_runs, *(f for fs in runs.values() for f in fs)]:
+                future.cancel()
     bar.close()
     return results
+
+
+def grading_limits(course: Course) -> Limits:
+    """GRADING_LIMITS with the course's settings: nbgrader's ``Execute.timeout`` is the time
+    limit per cell, and ``c.Sandbox.<name>`` in nbgrader_config.py sets any field of Limits
+    (``memory_bytes``, ``notebook_timeout``, ``max_output_bytes``, ...)."""
+    settings = {}
+    if "timeout" in course.config.Execute:
+        settings["cell_timeout"] = float(course.config.Execute.timeout)
+    known = {item.name for item in dataclasses.fields(Limits)}
+    for name, value in course.config.Sandbox.items():
+        if name not in known:
+            raise GradingError(f"nbgrader_config.py sets c.Sandbox.{name}; expected one of "
+                               f"{', '.join(sorted(known))}")
+        settings[name] = value
+    return dataclasses.replace(GRADING_LIMITS, **settings)
+
+
+def hidden_paths(course: Course) -> list[Path]:
+    """What a submission must not read: sources, every submission and result, the gradebook
+    and the course's configuration (covered inside the sandbox)."""
+    paths = [course.source_dir, course.submitted_dir, course.autograded_dir,
+             course.feedback_dir, course.root / "nbgrader_config.py"]
+    database = _database(course)
+    if database is not None:
+        paths.append(database)
+    return [path for path in paths if path.exists()]
+
+
+def _prefetch(course: Course, assignment: str, student: str, name: str,
+              references: _References, tests: dict[str, TestPlans], sandboxed
+              ) -> Execution | None:
+    """Run one submitted notebook ahead of nbgrader (in a worker thread), from a folder laid
+    out as nbgrader's autograded folder will be: the submission, then the source's data files
+    over it. None if there is nothing to run (nbgrader then decides)."""
+    folder = course.submitted_dir / student / assignment
+    try:
+        submitted = nbformat.read(folder / name, as_version=4)
+    except Exception:  # missing or unreadable: nbgrader reports it
+        return None
+    staging = Path(tempfile.mkdtemp(prefix="course-grade-"))
+    try:
+        work = staging / "files"
+        shutil.copytree(folder, work, symlinks=True)
+        source = course.source_dir / assignment
+        for path in source.rglob("*"):
+            if path.is_file() and path.suffix != ".ipynb":
+                target = work / path.relative_to(source)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.unlink(missing_ok=True)
+                shutil.copy(path, target)
+        node = restore_trusted_cells(submitted, references.source[name])
+        return sandboxed(execute, node, work, tests[name.removesuffix(".ipynb")])
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _clip(text: str, width: int) -> str:

@@ -27,8 +27,15 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from course_lib.grading import cells
 from course_lib.grading.course import CELL_TIMEOUT, GradingError
 from course_lib.grading.sandbox import NOBODY, Fault, Limits, run_notebook
-from course_lib.grading.verdicts import (RECORDER, RECORDS_FILE, CellPlan, CellVerdict,
-                                         instrument, judge, read_records)
+from course_lib.grading.verdicts import (
+    RECORDER,
+    RECORDS_FILE,
+    CellPlan,
+    CellVerdict,
+    instrument,
+    judge,
+    read_records,
+)
 
 __all__ = ["GRADING_LIMITS", "Execution", "SandboxedExecute", "TestPlans", "apply_verdicts",
            "execute", "grading_context", "judge_execution", "restore_trusted_cells"]

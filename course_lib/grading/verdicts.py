@@ -32,9 +32,9 @@ from __future__ import annotations
 
 import ast
 import base64
-import copy
 import builtins
 import collections
+import copy
 import json
 import math
 import statistics
@@ -64,7 +64,7 @@ SAFE_BUILTINS = {name: getattr(builtins, name) for name in (
 
 # --- instrumenting a trusted test cell ----------------------------------------------------
 
-class _Lift(Exception):
+class _LiftError(Exception):
     """A subexpression must become a hole, but uses a name bound inside the test expression."""
 
 
@@ -88,9 +88,9 @@ class _Holes:
 
     def hole(self, node: ast.expr, bound: set[str]) -> ast.expr:
         if isinstance(node, ast.GeneratorExp):  # not data: record what consumes it instead
-            raise _Lift
+            raise _LiftError
         if any(isinstance(sub, ast.Name) and sub.id in bound for sub in ast.walk(node)):
-            raise _Lift
+            raise _LiftError
         self.holes.append(node)
         return ast.Name(id=_HOLE.format(len(self.holes) - 1), ctx=ast.Load())
 
@@ -118,7 +118,7 @@ class _Holes:
             if isinstance(node, (ast.ListComp, ast.SetComp, ast.GeneratorExp, ast.DictComp)):
                 return self._comprehension(copy.deepcopy(node), bound)
             return self._children(copy.deepcopy(node), bound)
-        except _Lift:  # a part needs a name bound inside: record this whole node, if it can be
+        except _LiftError:  # a part needs a name bound inside: record this whole node, if it can be
             del self.holes[mark:]
             return self.hole(node, bound)
 
@@ -180,7 +180,7 @@ class _Instrument(ast.NodeTransformer):
         test = ast.parse(ast.unparse(node.test), mode="eval").body  # a private copy
         try:
             judged = holes.visit(test, set())
-        except _Lift:  # cannot happen at the top (nothing is bound there); be safe
+        except _LiftError:  # cannot happen at the top (nothing is bound there); be safe
             holes.holes, judged = [test], ast.Name(_HOLE.format(0), ast.Load())
         opaque = isinstance(judged, ast.Name) and judged.id.startswith("__hole")
         self.checks[index] = Check(index, node.lineno, ast.unparse(judged), len(holes.holes),
@@ -328,7 +328,7 @@ del __course_make_recorder
 
 # --- judging, in the grader's process ------------------------------------------------------
 
-class _Opaque(Exception):
+class _OpaqueError(Exception):
     """A recorded value the grader cannot use (the submission's object was not plain data)."""
 
 
@@ -336,10 +336,10 @@ def _decode(value):
     import torch
 
     if not isinstance(value, dict) or len(value) not in (1, 2, 3):
-        raise _Opaque("a malformed record")
+        raise _OpaqueError("a malformed record")
     if "py" in value:
         if type(value["py"]) not in (type(None), bool, int, float, str):
-            raise _Opaque("a malformed record")
+            raise _OpaqueError("a malformed record")
         return value["py"]
     if "int" in value:
         return int(value["int"])
@@ -352,11 +352,11 @@ def _decode(value):
         if stored not in ("bool", "uint8", "int8", "int16", "int32", "int64", "float32",
                           "float64") or not isinstance(shape, list) \
                 or not all(type(n) is int and n >= 0 for n in shape):
-            raise _Opaque("a malformed array")
+            raise _OpaqueError("a malformed array")
         data = base64.b64decode(str(value.get("data", "")), validate=True)
         array = np.frombuffer(data, dtype=np.dtype(stored).newbyteorder("<"))
         if array.size != math.prod(shape):
-            raise _Opaque("a malformed array")
+            raise _OpaqueError("a malformed array")
         array = array.astype(np.dtype(stored)).reshape(shape)
         if kind == "ndarray":
             return array.copy()
@@ -365,7 +365,7 @@ def _decode(value):
     if "dtype" in value:
         dtype = getattr(torch, str(value["dtype"]), None)
         if not isinstance(dtype, torch.dtype):
-            raise _Opaque("a malformed dtype")
+            raise _OpaqueError("a malformed dtype")
         return dtype
     if "size" in value:
         return torch.Size([int(n) for n in value["size"]])
@@ -389,10 +389,10 @@ def _decode(value):
         return collections.Counter({_decode(key): _decode(count) for key, count in
                                     value["counter"]})
     if "error" in value:
-        raise _Opaque(f"computing it raised {value['error']}")
+        raise _OpaqueError(f"computing it raised {value['error']}")
     if "opaque" in value:
-        raise _Opaque(f"it was not plain data ({value['opaque']})")
-    raise _Opaque("a malformed record")
+        raise _OpaqueError(f"it was not plain data ({value['opaque']})")
+    raise _OpaqueError("a malformed record")
 
 
 def _namespace() -> dict:
@@ -414,7 +414,7 @@ def _evaluate(check: Check, holes: list) -> tuple[bool, str]:
     try:
         for index, raw in enumerate(holes):
             namespace[_HOLE.format(index)] = _decode(raw)
-    except (_Opaque, ValueError, TypeError, OverflowError) as error:
+    except (_OpaqueError, ValueError, TypeError, OverflowError) as error:
         return False, f"a value this check uses could not be checked: {error}"
     try:  # every value here is plain data the grader rebuilt: bool() cannot be lied to
         passed = bool(eval(check.expression, namespace))  # noqa: S307 (trusted source)
