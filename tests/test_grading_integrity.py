@@ -54,8 +54,13 @@ def with_code(assignment: str, grade_id: str, code: str) -> nbformat.NotebookNod
     raise AssertionError(f"no cell {grade_id} in {assignment}")
 
 
+def source_of(assignment: str) -> nbformat.NotebookNode:
+    return nbformat.read(ROOT / "solutions" / assignment / f"{assignment}.ipynb", as_version=4)
+
+
 def findings_of(notebook, assignment="hw4_multihead") -> list[Finding]:
-    return check_notebook(notebook, released(assignment), load_policy(ROOT, assignment))
+    return check_notebook(notebook, released(assignment), load_policy(ROOT, assignment),
+                          source_of(assignment))
 
 
 @pytest.mark.parametrize("assignment", ASSIGNMENTS)
@@ -103,6 +108,19 @@ ATTACKS = {
                     "sys.modules"),
     "builtins": ("import builtins\nbuiltins.AssertionError = Warning", "dynamic-code",
                  "imports builtins"),
+    "global rebinding a hidden test's variable": ("def cheat(result):\n    global upstream\n"
+                                                  "    upstream = result\n    return result",
+                                                  "patch", "declares global upstream"),
+    "globals()": ("globals()['expected'] = None", "interpreter-hook", "uses globals"),
+    "frame access": ("import sys\nframe = sys._getframe(1)", "interpreter-hook",
+                     "uses sys._getframe"),
+    "inspect frames": ("from inspect import currentframe\nf = currentframe()",
+                       "interpreter-hook", "inspect.currentframe"),
+    "__main__": ("import __main__\n__main__.want = 1", "interpreter-hook", "imports __main__"),
+    "the grader's recorder": ("__course_verdict__.check = print", "patch",
+                              "names the grader's recorder"),
+    "the recorder's file": ("open('.course-verdicts.jsonl', 'a').write('{}')", "patch",
+                            "names the grader's recorder"),
     "torch MultiheadAttention": ("attention = nn.MultiheadAttention(8, 2, batch_first=True)",
                                  "forbidden-api", "uses torch.nn.MultiheadAttention"),
     "MultiheadAttention by its module path": (
@@ -214,7 +232,7 @@ def test_the_instructors_version_of_a_test_cell_is_accepted():
     solution = nbformat.read(ROOT / "solutions" / "hw4_multihead" / "hw4_multihead.ipynb",
                              as_version=4)
     policy = load_policy(ROOT, "hw4_multihead")
-    edited = findings_of(solution)
+    edited = check_notebook(solution, released("hw4_multihead"), policy)  # no source given
     assert edited and all("test cell was edited" in f.reason for f in edited)
     assert check_notebook(solution, released("hw4_multihead"), policy, source=solution) == []
     tampered = edit(solution, cells.grade_id([c for c in solution.cells

@@ -81,6 +81,12 @@ _SUSPECT_BASES = {"torch.Tensor", "numpy.ndarray", "float", "int", "complex", "b
 _DYNAMIC_CALLS = {"eval", "exec", "compile", "__import__", "importlib.import_module",
                   "importlib.reload", "importlib.__import__", "builtins.eval", "builtins.exec"}
 _NAME_TAKING = {"getattr", "setattr", "delattr", "hasattr"}
+# Ways to reach the test's own variables (``want``) from code the test calls.
+_FRAME_ACCESS = {"sys._getframe", "sys._current_frames", "inspect.currentframe", "inspect.stack",
+                 "inspect.getouterframes", "inspect.trace", "gc.get_referrers",
+                 "gc.get_objects", "globals"}
+# The grader's recorder in the sandbox (verdicts.py): not for students to touch.
+_RECORDER_MARKS = ("__course_verdict__", "course-verdicts")
 
 
 @dataclass(frozen=True)
@@ -154,10 +160,18 @@ def check_notebook(notebook: NotebookNode, released: NotebookNode, policy: Polic
         (student_sources if is_student else read_only_sources).append(
             (cells.cell_label(cell, index), cell.source))
     scope = _Scope()
-    for _, source in read_only_sources:  # the aliases and names the tests rely on
-        tree = _parse(source)
+    for _, text in read_only_sources:  # the aliases and names the tests rely on
+        tree = _parse(text)
         if tree is not None:
             scope.learn(tree, read_only=True)
+    for cell in source.cells if source is not None else []:  # and the hidden tests' variables
+        meta = cell.get("metadata", {}).get("nbgrader", {})
+        tree = _parse(cell.source) if cell.cell_type == "code" and meta.get("grade_id") \
+            and not meta.get("solution") else None
+        if tree is not None:
+            scope.test_variables |= {node.id for node in ast.walk(tree)
+                                     if isinstance(node, ast.Name)
+                                     and isinstance(node.ctx, ast.Store)}
     for label, source in student_sources:
         tree = _parse(source)
         if tree is None:
@@ -245,6 +259,7 @@ class _Scope:
     def __init__(self):
         self.aliases: dict[str, str] = {}
         self.protected: set[str] = set()  # what read-only cells import or define (def, class)
+        self.test_variables: set[str] = set()  # every name a read-only or test cell assigns
 
     def learn(self, tree: ast.Module, *, read_only: bool) -> None:
         for node in ast.walk(tree):
@@ -261,6 +276,9 @@ class _Scope:
                     if read_only:
                         self.protected.add(local)
         if read_only:
+            self.test_variables |= {node.id for node in ast.walk(tree)
+                                    if isinstance(node, ast.Name)
+                                    and isinstance(node.ctx, ast.Store)}
             for node in tree.body:
                 if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
                     self.protected.add(node.name)  # (variables they assign may be reused)
@@ -334,6 +352,9 @@ class _Checker(ast.NodeVisitor):
     def visit_Import(self, node: ast.Import) -> None:
         for alias in node.names:
             self._check_path(alias.name)
+            if alias.name == "__main__":
+                self.found.append(("interpreter-hook", "imports __main__, which holds the "
+                                                       "test's variables"))
             if alias.name.split(".")[0] in ("importlib", "builtins", "ctypes"):
                 self.found.append(("dynamic-code", f"imports {alias.name}"))
 
@@ -341,6 +362,12 @@ class _Checker(ast.NodeVisitor):
         if node.module:
             for alias in node.names:
                 self._check_path(f"{node.module}.{alias.name}")
+                if f"{node.module}.{alias.name}" in _FRAME_ACCESS:
+                    self.found.append(("interpreter-hook", f"imports {node.module}."
+                                       f"{alias.name}, which reaches the test's variables"))
+            if node.module == "__main__":
+                self.found.append(("interpreter-hook", "imports from __main__, which holds "
+                                                       "the test's variables"))
             if node.module.split(".")[0] in ("importlib", "builtins", "ctypes"):
                 self.found.append(("dynamic-code", f"imports from {node.module}"))
 
@@ -351,13 +378,35 @@ class _Checker(ast.NodeVisitor):
             self.found.append(("ipython-hook", f"uses IPython's {node.attr!r} hook"))
         if path and path.startswith("sys.") and path.split(".")[1] in _SYS_HOOKS:
             self.found.append(("interpreter-hook", f"uses {path}"))
+        if path in _FRAME_ACCESS:
+            self.found.append(("interpreter-hook", f"uses {path}, which reaches the test's "
+                                                   "variables"))
         if node.attr in _LYING_DUNDERS and isinstance(node.ctx, ast.Store | ast.Del):
             self.found.append(("lying-object", f"assigns {node.attr} onto an object"))
         self.generic_visit(node)
 
+    def _scope_statement(self, node: ast.Global | ast.Nonlocal) -> None:
+        shared = sorted(set(node.names) & (self.scope.test_variables | self.scope.protected))
+        if shared:
+            keyword = "global" if isinstance(node, ast.Global) else "nonlocal"
+            self.found.append(("patch", f"declares {keyword} {', '.join(shared)}: a variable "
+                                        "the notebook's tests assign, which a function they "
+                                        "call could change"))
+
+    visit_Global = visit_Nonlocal = _scope_statement
+
+    def visit_Constant(self, node: ast.Constant) -> None:
+        if isinstance(node.value, str) and any(mark in node.value for mark in _RECORDER_MARKS):
+            self.found.append(("patch", "names the grader's recorder"))
+
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in ("__builtins__", "builtins"):
             self.found.append(("interpreter-hook", f"uses {node.id}"))
+        if node.id.startswith("__course"):
+            self.found.append(("patch", "names the grader's recorder"))
+        if node.id == "globals" or node.id == "__main__":
+            self.found.append(("interpreter-hook", f"uses {node.id}, which reaches the test's "
+                                                   "variables"))
         if isinstance(node.ctx, ast.Load):
             self._check_path(self.scope.aliases.get(node.id))
 
