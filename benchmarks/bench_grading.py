@@ -2,16 +2,20 @@
 
 A temporary course (this repository's ``nbgrader_config.py`` and one assignment's source,
 released with ``course release``) gets N submissions, each a copy of the solution notebook.
-Both commands then grade all N, alternately (A B, B A, ...), each a fresh process as an
-instructor runs it, regrading over the previous run (``--force`` for nbgrader):
-  - ``nbgrader autograde ASSIGNMENT --force``;
-  - ``course grade ASSIGNMENT`` (nbgrader's autograde per submission, plus the course's checks,
-    zero for missing notebooks and the summary table).
-The table gives submissions per second (medians) and the ratio; every run's scores are checked
-to be full marks, so a fast but broken grader cannot win.
+Each command then grades all N, in turn (the order reversed on every other repeat), each a
+fresh process as an instructor runs it, regrading over the previous run (``--force`` for
+nbgrader):
+  - ``nbgrader autograde ASSIGNMENT --force``: nbgrader as shipped, a Jupyter kernel per
+    notebook with the grader's permissions;
+  - ``course grade ASSIGNMENT --jobs 1``: each submission in the sandbox, its tests judged
+    outside it, the integrity checks, the solution notebook run once first;
+  - ``course grade ASSIGNMENT --jobs 2``: the same, two sandboxes at a time.
+The table gives submissions per second (medians), the ratio to nbgrader (the sandbox's
+overhead) and the ratio of two jobs to one; every run's scores are checked to be full marks,
+so a fast but broken grader cannot win.
 
-    python benchmarks/bench_grading.py                  # hw3_attention, 6 submissions, 2 repeats
-    python benchmarks/bench_grading.py --assignment hw2_bleu_decoding --students 10
+    python benchmarks/bench_grading.py                  # hw3_attention, 40 submissions, 1 repeat
+    python benchmarks/bench_grading.py --assignment hw2_bleu_decoding --students 10 --repeats 2
     python benchmarks/bench_grading.py --quick          # CI smoke: the demo assignment, 2 students
 """
 
@@ -77,16 +81,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--csv", type=Path, default=RESULTS / "grading.csv")
     args = parser.parse_args(argv)
     assignment = args.assignment or ("hw0_demo" if args.quick else "hw3_attention")
-    students = args.students or (2 if args.quick else 6)
-    repeats = args.repeats or (1 if args.quick else 2)
+    students = args.students or (2 if args.quick else 40)
+    repeats = args.repeats or 1
     print(machine())
     with tempfile.TemporaryDirectory(prefix="bench-grading-") as temp:
         folder = make_course(Path(temp), assignment, students)
         python = [sys.executable, "-m"]
         commands = {
             "nbgrader autograde": python + ["nbgrader", "autograde", assignment, "--force"],
-            "course grade": python + ["course_lib.cli", "--root", str(folder), "grade",
-                                      assignment, "--no-progress"],
+            **{f"course grade --jobs {jobs}": python + [
+                "course_lib.cli", "--root", str(folder), "grade", assignment, "--no-progress",
+                "--jobs", str(jobs)] for jobs in (1, 2)},
         }
         times: dict[str, list[float]] = {name: [] for name in commands}
         names = list(commands)
@@ -101,13 +106,18 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"{name}: expected full marks for {students} students, "
                                      f"got {graded}")
     base = students / median(times["nbgrader autograde"])
+    serial = students / median(times["course grade --jobs 1"])
     rows = [{"assignment": assignment, "what": name, "students": students, "repeats": repeats,
              "median_s": median(t), "submissions_per_s": students / median(t),
-             "ratio_vs_nbgrader": (students / median(t)) / base}
+             "s_per_submission": median(t) / students,
+             "time_vs_nbgrader": median(t) / median(times["nbgrader autograde"]),
+             "throughput_vs_jobs_1": (students / median(t)) / serial,
+             "throughput_vs_nbgrader": (students / median(t)) / base}
             for name, t in times.items()]
     print_table(f"Grading {students} correct submissions of {assignment} (medians of "
                 f"{repeats}; every run checked to give full marks)", rows,
-                ["what", "median_s", "submissions_per_s", "ratio_vs_nbgrader"])
+                ["what", "median_s", "s_per_submission", "time_vs_nbgrader",
+                 "throughput_vs_jobs_1"])
     write_csv(args.csv, rows)
     return 0
 

@@ -393,7 +393,11 @@ class _Checker(ast.NodeVisitor):
                                         "the notebook's tests assign, which a function they "
                                         "call could change"))
 
-    visit_Global = visit_Nonlocal = _scope_statement
+    def visit_Global(self, node: ast.Global) -> None:
+        self._scope_statement(node)
+
+    def visit_Nonlocal(self, node: ast.Nonlocal) -> None:
+        self._scope_statement(node)
 
     def visit_Constant(self, node: ast.Constant) -> None:
         if isinstance(node.value, str) and any(mark in node.value for mark in _RECORDER_MARKS):
