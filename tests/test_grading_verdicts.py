@@ -11,7 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.grading.verdicts import RECORDER, RECORDS_FILE, instrument, judge, read_records
+from course_lib.grading.verdicts import (
+    RECORDER,
+    RECORDS_FILE,
+    instrument,
+    judge,
+    pure_helpers,
+    read_records,
+)
 
 
 def checks(source: str) -> list[str]:
@@ -35,6 +42,36 @@ def test_holes_are_the_notebooks_values_and_calls_not_trusted_modules():
     # questions about the submission's own types are answered in its process
     assert checks("assert isinstance(model, nn.Module) and n > 0") == [
         "__hole0__ and __hole1__ > 0"]
+
+
+def test_a_chain_from_a_notebook_name_is_one_hole():
+    # the tensor at the end of the chain is recorded, not the object it starts from
+    assert checks("assert torch.allclose(P, d2l.PositionalEncoding(8).P[0])") == [
+        "torch.allclose(__hole0__, __hole1__)"]
+    assert checks("assert torch.equal(block.eval()(X), want)") == [
+        "torch.equal(__hole0__, __hole1__)"]
+
+
+def test_pure_helpers_of_read_only_cells_run_in_the_grader():
+    read_only = [
+        "def close(a, b, atol=1e-5):\n    return a.shape == b.shape and "
+        "bool(torch.allclose(a, b, atol=atol))\n\n"
+        "def both_close(a, b):\n    return close(a, b) and close(b, a)",
+        "def raises(fn, *args):\n    try:\n        fn(*args)\n    except ValueError:\n"
+        "        return True\n    return False",  # calls its parameter: runs student code
+        "def uses_library(x):\n    return course_lib.masking.padding_mask(x, 3)",
+        "%matplotlib inline",  # not Python: skipped
+    ]
+    helpers = pure_helpers(read_only)
+    assert sorted(helpers) == ["both_close", "close"]
+    plan = instrument("assert both_close(got, want)\nassert raises(f, 1)", "t", helpers)
+    assert [c.expression for c in plan.checks.values()] == [
+        "both_close(__hole0__, __hole1__)", "__hole0__"]
+    records = [{"cell": "t", "event": "begin"},
+               {"cell": "t", "event": "check", "check": 0,
+                "holes": [{"py": 1.0}, {"py": 1.0}]}]  # floats have no .shape: the check fails
+    verdict = judge(plan, records, records)
+    assert not verdict.passed and "AttributeError" in verdict.reason
 
 
 def test_instrumented_cell_records_begin_checks_failures_and_end():

@@ -34,6 +34,7 @@ from course_lib.grading.verdicts import (
     CellVerdict,
     instrument,
     judge,
+    pure_helpers,
     read_records,
 )
 
@@ -63,10 +64,13 @@ class TestPlans:
     @classmethod
     def from_source(cls, name: str, source: nbformat.NotebookNode) -> TestPlans:
         plans, originals = {}, {}
+        helpers = pure_helpers([
+            cell.source for cell in source.cells if cell.cell_type == "code"
+            and cell.metadata.get("nbgrader", {}).get("locked") and not cells.is_graded(cell)])
         for cell in cells.test_cells(source):
             grade_id = cells.grade_id(cell)
             try:
-                plans[grade_id] = instrument(cell.source, grade_id)
+                plans[grade_id] = instrument(cell.source, grade_id, helpers)
             except ValueError as error:
                 raise GradingError(f"{name}: {error}") from error
             originals[grade_id] = cell.source

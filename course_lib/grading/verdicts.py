@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 __all__ = ["RECORDER", "RECORDS_FILE", "CellPlan", "CellVerdict", "instrument", "judge",
-           "read_records"]
+           "pure_helpers", "read_records"]
 
 RECORDS_FILE = ".course-verdicts.jsonl"
 RECORDER_NAME = "__course_verdict__"
@@ -69,9 +69,10 @@ class _LiftError(Exception):
 
 
 def _root_name(node: ast.expr) -> str | None:
-    """``a`` for ``a``, ``a.b.c``; None if the chain holds anything but attributes."""
-    while isinstance(node, ast.Attribute):
-        node = node.value
+    """``a`` for ``a``, ``a.b``, ``a.b(x)``, ``a(x).c[0]``: the name a chain of attributes,
+    calls and subscripts starts from; None if it starts from anything else."""
+    while isinstance(node, ast.Attribute | ast.Subscript | ast.Call):
+        node = node.func if isinstance(node, ast.Call) else node.value
     return node.id if isinstance(node, ast.Name) else None
 
 
@@ -83,8 +84,9 @@ def _bound_by(generators: list[ast.comprehension]) -> set[str]:
 class _Holes:
     """Splits one assert's test expression into holes (recorded) and the rest (judged)."""
 
-    def __init__(self):
+    def __init__(self, helpers: frozenset[str] = frozenset()):
         self.holes: list[ast.expr] = []
+        self.trusted = TRUSTED_MODULES | set(SAFE_BUILTINS) | helpers
 
     def hole(self, node: ast.expr, bound: set[str]) -> ast.expr:
         if isinstance(node, ast.GeneratorExp):  # not data: record what consumes it instead
@@ -98,14 +100,14 @@ class _Holes:
         """A copy of ``node`` with its holes replaced by placeholder names; ``node`` itself is
         left as it is (it may still become a hole whole)."""
         if isinstance(node, ast.Name):
-            trusted = node.id in TRUSTED_MODULES or node.id in SAFE_BUILTINS or node.id in bound
+            trusted = node.id in self.trusted or node.id in bound
             return node if trusted else self.hole(node, bound)
-        root = _root_name(node.func if isinstance(node, ast.Call) else node)
-        untrusted = root is not None and root not in TRUSTED_MODULES \
-            and root not in SAFE_BUILTINS and root not in bound
-        if isinstance(node, (ast.Attribute, ast.Call)) and untrusted:
-            # got.shape, ours.attention_weights, squares(3), decoder(x), d2l.f(x): one hole each
-            # ((got - want).abs() is not: the grader calls .abs() on the values it rebuilt)
+        root = _root_name(node)
+        untrusted = root is not None and root not in self.trusted and root not in bound
+        if isinstance(node, ast.Attribute | ast.Subscript | ast.Call) and untrusted:
+            # the whole chain from a notebook name is one hole: got.shape, squares(3),
+            # d2l.PositionalEncoding(8).P[0], block.eval()(X) ((got - want).abs() is not: the
+            # grader calls .abs() on the values it rebuilt)
             return self.hole(node, bound)
         if isinstance(node, (ast.Lambda, ast.NamedExpr, ast.Await, ast.Yield, ast.YieldFrom)):
             return self.hole(node, bound)
@@ -163,11 +165,12 @@ class CellPlan:
     cell: str
     source: str  # instrumented
     checks: dict[int, Check] = field(default_factory=dict)
+    helpers: dict[str, str] = field(default_factory=dict)  # pure helpers the grader defines too
 
 
 class _Instrument(ast.NodeTransformer):
-    def __init__(self, cell: str):
-        self.cell, self.checks = cell, {}
+    def __init__(self, cell: str, helpers: frozenset[str]):
+        self.cell, self.checks, self.helpers = cell, {}, helpers
 
     def _call(self, method: str, *args: ast.expr) -> ast.stmt:
         return ast.Expr(ast.Call(
@@ -176,7 +179,7 @@ class _Instrument(ast.NodeTransformer):
 
     def visit_Assert(self, node: ast.Assert):
         index = len(self.checks)
-        holes = _Holes()
+        holes = _Holes(self.helpers)
         test = ast.parse(ast.unparse(node.test), mode="eval").body  # a private copy
         try:
             judged = holes.visit(test, set())
@@ -200,21 +203,66 @@ class _Instrument(ast.NodeTransformer):
         return node
 
 
-def instrument(source: str, cell: str) -> CellPlan:
+def pure_helpers(sources: list[str]) -> dict[str, str]:
+    """name -> source of each top-level function in ``sources`` (the read-only cells) that the
+    grader can run itself on plain data: it uses only its parameters, its own variables, the
+    trusted modules, builtins and other such helpers, and calls none of its parameters (so it
+    never runs the submission's code). ``close(actual, expected)`` is one; a helper that calls
+    ``fn(*args)`` is not."""
+    candidates: dict[str, ast.FunctionDef] = {}
+    texts: dict[str, str] = {}
+    for source in sources:
+        try:
+            tree = ast.parse(source)
+        except SyntaxError:
+            continue
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and not node.decorator_list:
+                candidates[node.name] = node
+                texts[node.name] = ast.unparse(node)
+    pure = set(candidates)
+    changed = True
+    while changed:  # drop helpers that use anything untrusted, until nothing changes
+        changed = False
+        for name in sorted(pure):
+            node = candidates[name]
+            arguments = node.args
+            params = {arg.arg for arg in [*arguments.posonlyargs, *arguments.args,
+                                          *arguments.kwonlyargs]}
+            params |= {arg.arg for arg in (arguments.vararg, arguments.kwarg) if arg}
+            stored = {sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name)
+                      and isinstance(sub.ctx, ast.Store)}
+            loaded = {sub.id for sub in ast.walk(node) if isinstance(sub, ast.Name)
+                      and isinstance(sub.ctx, ast.Load)}
+            calls_param = any(isinstance(sub, ast.Call) and isinstance(sub.func, ast.Name)
+                              and sub.func.id in params for sub in ast.walk(node))
+            scoped = any(isinstance(sub, ast.Global | ast.Nonlocal | ast.Lambda
+                                    | ast.FunctionDef | ast.ClassDef)
+                         for sub in ast.walk(node) if sub is not node)
+            allowed = params | stored | TRUSTED_MODULES | set(SAFE_BUILTINS) | pure
+            if calls_param or scoped or not loaded <= allowed:
+                pure.discard(name)
+                changed = True
+    return {name: texts[name] for name in sorted(pure)}
+
+
+def instrument(source: str, cell: str, helpers: dict[str, str] | None = None) -> CellPlan:
     """The test cell ``source`` (trusted) with its checks recorded; ValueError if it does not
-    parse as Python (a test cell must not use IPython syntax)."""
+    parse as Python (a test cell must not use IPython syntax). ``helpers``: pure helpers of the
+    read-only cells (``pure_helpers``), which the grader evaluates itself."""
     try:
         tree = ast.parse(source)
     except SyntaxError as error:
         raise ValueError(f"test cell {cell} is not plain Python (line {error.lineno}: "
                          f"{error.msg}); its checks cannot be judged outside the notebook") \
             from error
-    transformer = _Instrument(cell)
+    helpers = dict(helpers or {})
+    transformer = _Instrument(cell, frozenset(helpers))
     tree = transformer.visit(tree)
     begin, end = transformer._call("begin"), transformer._call("end")
     tree.body = [begin, *tree.body, end]
     ast.fix_missing_locations(tree)
-    return CellPlan(cell, ast.unparse(tree), transformer.checks)
+    return CellPlan(cell, ast.unparse(tree), transformer.checks, helpers)
 
 
 # --- the recorder, run in the sandbox before the notebook's first cell ---------------------
@@ -406,11 +454,11 @@ def _namespace() -> dict:
             "numpy": np, "F": functional, "nn": nn, "statistics": statistics}
 
 
-def _evaluate(check: Check, holes: list) -> tuple[bool, str]:
-    """(passed, why not) for one recorded check."""
+def _evaluate(check: Check, holes: list, base: dict) -> tuple[bool, str]:
+    """(passed, why not) for one recorded check, in a copy of the namespace ``base``."""
     if len(holes) != check.holes:
         return False, "the record does not match the check"
-    namespace = _namespace()
+    namespace = dict(base)
     try:
         for index, raw in enumerate(holes):
             namespace[_HOLE.format(index)] = _decode(raw)
@@ -464,6 +512,9 @@ def judge(plan: CellPlan, records: list[dict], reference: list[dict]) -> CellVer
     checks the solution's run recorded (``reference``)."""
     expected = _sequence(reference, plan.cell)
     mine = [record for record in records if record["cell"] == plan.cell]
+    base = _namespace()
+    for helper in plan.helpers.values():  # the instructors' source, defined in the grader
+        exec(helper, base)  # noqa: S102
     got = [(record.get("event"), record.get("check")) for record in mine]
     evaluated = 0
     for position, record in enumerate(mine):
@@ -479,7 +530,7 @@ def judge(plan: CellPlan, records: list[dict], reference: list[dict]) -> CellVer
             holes = record.get("holes")
             if check is None or not isinstance(holes, list):
                 return CellVerdict(plan.cell, False, "a record names no known check", evaluated)
-            passed, why = _evaluate(check, holes)
+            passed, why = _evaluate(check, holes, base)
             evaluated += 1
             if not passed:
                 return CellVerdict(plan.cell, False, f"check {check.index} (line {check.line}) "
