@@ -386,3 +386,28 @@ def test_export_writes_one_row_per_student(course, graded, tmp_path, capsys):
     assert {float(row["max_score"]) for row in rows} == {100.0}
     assert main(["--root", str(course), "export"]) == 0
     assert (course / "grades.csv").read_text() == out.read_text()
+
+
+def test_parallel_runs_are_used_not_repeated(tmp_path, repo_root, monkeypatch):
+    """With --jobs 2 the notebooks run in worker threads ahead of nbgrader; nbgrader's own
+    restored cells match, so none is run a second time in the main thread."""
+    from course_lib.grading import autograde
+
+    root = make_course(tmp_path / "course", repo_root)
+    assert main(["--root", str(root), "release", NAME]) == 0
+    solution = nbformat.read(root / "solutions" / NAME / f"{NAME}.ipynb", as_version=4)
+    for student in ("s1", "s2", "s3"):
+        submit(root, student, solution)
+    contexts = []
+    real = autograde.grading_context
+
+    def spy(context):
+        contexts.append(context)
+        return real(context)
+
+    monkeypatch.setattr(autograde, "grading_context", spy)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["--root", str(root), "grade", NAME, "--jobs", "2", "--no-progress"]) == 0
+    assert "3 submission(s) of hw0_demo graded; mean score 100.0 of 100." in out.getvalue()
+    assert len(contexts) == 3 and contexts[0].reruns == 0 and not contexts[0].prefetched

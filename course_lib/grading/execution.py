@@ -220,6 +220,7 @@ class _Context:
     prefetched: dict[tuple[str, str], Execution]  # (student, notebook) -> a run made earlier
     problems: dict[tuple[str, str], list[str]] = field(default_factory=dict)
     uid: int | None = NOBODY
+    reruns: int = 0  # notebooks run again because nbgrader restored them differently
 
 
 _ACTIVE = threading.local()
@@ -249,11 +250,15 @@ class SandboxedExecute(NbGraderPreprocessor):
         key = (student, notebook)
         execution = context.prefetched.pop(key, None)
         if execution is None or execution.code != _code(nb):  # nbgrader restored differently
+            context.reruns += 1
             execution = execute(nb, Path(resources["metadata"]["path"]), tests,
                                 limits=context.limits, hidden_paths=context.hidden_paths,
                                 uid=context.uid)
-        else:
-            execution.notebook.metadata = nb.metadata
+        # the run's outputs onto nbgrader's own cells (their metadata restored from the
+        # gradebook), then the verdicts
+        ran = [cell for cell in execution.notebook.cells if cell.cell_type == "code"]
+        for cell, done in zip([c for c in nb.cells if c.cell_type == "code"], ran, strict=True):
+            cell.outputs, cell.execution_count = done.outputs, done.execution_count
+        execution.notebook = nb
         context.problems[key] = apply_verdicts(execution, judge_execution(execution, tests))
-        nb.cells = execution.notebook.cells
         return nb, resources
