@@ -27,6 +27,7 @@ from test_grading_demo import NAME, make_course, replace_in_cell, submit
 
 from course_lib.cli import main
 from course_lib.grading import cells
+from course_lib.grading.sandbox import namespace_support
 
 POINTS = {"test_squares": 20, "test_masked_mean": 30, "test_masked_mean_edges": 30,
           "test_safe_ratio": 20}
@@ -146,6 +147,14 @@ EXPECTED = {
 }
 
 
+# These three rely on the sandbox's namespaces (hidden paths, no network); where the machine
+# has none (see sandbox.namespace_support) they are left out, as docs/grading.md says.
+ISOLATION = {"snoop", "grade_rewriter", "network"}
+if not namespace_support():
+    EXPECTED = {student: outcome for student, outcome in EXPECTED.items()
+                if student not in ISOLATION}
+
+
 class Listener:
     """A TCP server on the grader's localhost that records every connection."""
 
@@ -244,13 +253,15 @@ def attacked(tmp_path_factory, repo_root, listener):
         "floods_output": prepend("safe_ratio", "while True:\n    print('x' * 100000)"),
     }
     for student, notebook in submissions.items():
-        submit(root, student, notebook)
+        if student in EXPECTED:
+            submit(root, student, notebook)
     submit(root, "misnamed", honest, filename=f"Copy of {NAME}.ipynb")
     (root / "submitted" / "empty" / NAME).mkdir(parents=True)
     garbled = root / "submitted" / "garbled" / NAME
     garbled.mkdir(parents=True)
     (garbled / f"{NAME}.ipynb").write_text('{"cells": [', encoding="utf-8")
-    assert set(EXPECTED) == set(submissions) | {"misnamed", "empty", "garbled"}
+    assert set(EXPECTED) == (set(submissions) | {"misnamed", "empty", "garbled"}) - (
+        set() if namespace_support() else ISOLATION)
 
     # plain nbgrader, for the two attacks that evade the static checks
     plain = tmp_path_factory.mktemp("plain") / "course"
@@ -306,6 +317,8 @@ def test_the_same_submissions_graded_three_times_get_identical_scores(attacked):
         assert later == first
 
 
+@pytest.mark.skipif(not namespace_support(), reason="no namespaces: paths and network stay "
+                    "reachable (docs/grading.md)")
 def test_nothing_hidden_was_read_nothing_was_changed_and_no_connection_was_made(attacked,
                                                                                 listener):
     root, _, honest_bytes, _ = attacked
