@@ -242,15 +242,21 @@ def _normalise(source: str) -> str:
 def _parse(source: str) -> ast.Module | None:
     """The cell's syntax tree after IPython's transforms (magics become plain calls)."""
     try:
-        from IPython.core.inputtransformer2 import TransformerManager
-
-        source = TransformerManager().transform_cell(source)
-    except Exception:  # noqa: BLE001 - fall back to the raw source
-        pass
-    try:
-        return ast.parse(source)
+        return ast.parse(_ipython_transform(source))
     except SyntaxError:
         return None
+
+
+@functools.lru_cache(maxsize=4096)
+def _ipython_transform(source: str) -> str:
+    """IPython's rewrite of a cell to plain Python. Cached: the read-only and test cells are
+    the same in every submission, and the transform is most of a parse's time."""
+    try:
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        return TransformerManager().transform_cell(source)
+    except Exception:  # noqa: BLE001 - fall back to the raw source
+        return source
 
 
 class _Scope:
