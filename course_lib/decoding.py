@@ -156,36 +156,45 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
     (length counts the emitted tokens, ``<eos>`` included; 0 means raw log-probabilities), not
     GNMT's ((5 + length) / 6) ** alpha. Each step extends every live hypothesis by every token;
     an ``<eos>`` extension ranked among the step's best K is finished, and the best K other
-    extensions form the new beam (so K = 1 is greedy). A sentence is done once it has K finished
-    hypotheses that no live one can beat (log p only falls, the length is at most max_len);
-    hypotheses still live at max_len finish there without ``<eos>``.
-    With ``return_all`` the result also lists each sentence's finished hypotheses, best first.
+    extensions form the new beam (so K = 1 is greedy). A sentence is done once no live
+    hypothesis can beat its best finished one (log p only falls, the length is at most
+    max_len): nothing later could change the answer, so stopping there gives the same result
+    as going on, in fewer steps. Hypotheses still live at max_len finish there without
+    ``<eos>``. With ``return_all`` the result also lists each sentence's finished hypotheses,
+    best first; a sentence then goes on until it has K finished hypotheses that no live one
+    can beat.
     """
     _check_at_least("beam_size", beam_size, 1)
     _check_at_least("max_len", max_len, 1)
     if not length_penalty >= 0:
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
     K = beam_size
+    settled = K if return_all else 1  # how many of the best finished must be beyond reach
     with inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
-        state = state.reorder(torch.arange(B, device=device).repeat_interleave(K))  # row s*K + k
-        alive = list(range(B))  # which sentence each of the S rows of (S, K) tensors belongs to
-        # Log-probabilities of the live prefixes; only beam 0 exists at first (no duplicates).
-        live = torch.full((B, K), float("-inf"), device=device)
-        live[:, 0] = 0.0
-        prefixes = torch.zeros(B, K, 0, dtype=torch.long, device=device)  # (S, K, length)
-        token = torch.full((B * K, 1), bos, dtype=torch.long, device=device)
+        # Rows of (S, W) tensors: the S sentences still going, each with W live hypotheses
+        # (state row s*W + w). The beam starts as one empty prefix per sentence (W = 1, so the
+        # first step runs B rows, not K*B) and widens to K after the first step.
+        alive = list(range(B))  # which sentence each of the S rows belongs to
+        live = torch.zeros(B, 1, device=device)  # log-probabilities of the live prefixes
+        prefixes = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (S, W, length)
+        token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         finished: list[list[Hypothesis]] = [[] for _ in range(B)]
+        log_p = None  # (rows, V) buffer, reused: fresh tensors of this size cost page faults
         for length in range(1, max_len + 1):
-            S = len(alive)
-            logits, state = model.decode(token, state)  # (S*K, 1, V)
+            (S, W), R = live.shape, live.numel()
+            logits, state = model.decode(token, state)  # (S*W, 1, V)
             V = logits.shape[-1]
-            step = logits[:, -1].float().log_softmax(dim=-1).view(S, K, V)
-            candidates = (live.unsqueeze(-1) + step).view(S, K * V)  # every one-token extension
-            # Each beam has one <eos> extension, so the best 2K hold at least K others.
-            top_scores, top_index = candidates.topk(min(2 * K, K * V), dim=1)  # (S, 2K)
-            top_beam, top_token = top_index // V, top_index % V  # (S, 2K) each
+            if log_p is None or log_p.shape[0] < R:
+                log_p = torch.empty(R, V, device=device)
+            step = torch.log_softmax(logits[:, -1].float(), dim=-1, out=log_p[:R])
+            candidates = step.view(S, W, V).add_(live.unsqueeze(-1)).view(S, W * V)  # all
+            # one-token extensions. Each beam has one <eos> extension, so the best 2K hold at
+            # least 2K - W >= K others.
+            num_top = min(2 * K, W * V)
+            top_scores, top_index = candidates.topk(num_top, dim=1)  # (S, num_top)
+            top_beam, top_token = top_index // V, top_index % V  # (S, num_top) each
             is_eos = top_token == eos
             ends = is_eos[:, :K] & top_scores[:, :K].isfinite()  # <eos> among the best K
             if bool(ends.any()):  # one transfer to Python for all of this step's endings
@@ -194,37 +203,40 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
                 for s, tokens, score in zip(s_end.tolist(), ended,
                                             top_scores[s_end, rank_end].tolist(), strict=True):
                     _add_finished(finished[alive[s]], tokens + [eos], score, length_penalty, K)
-            # The new beam: the best K extensions that do not end in <eos>, best first.
-            rank = torch.arange(top_index.shape[1], device=device).expand_as(top_index)
-            keep = torch.where(is_eos, rank + top_index.shape[1], rank).argsort(dim=1)[:, :K]
-            live = top_scores.gather(1, keep)  # (S, K)
-            beam, token = top_beam.gather(1, keep), top_token.gather(1, keep)  # (S, K) each
-            prefixes = torch.cat([prefixes.gather(1, beam.unsqueeze(-1).expand_as(prefixes)),
-                                  token.unsqueeze(-1)], dim=2)  # (S, K, length)
-            parents = torch.arange(S, device=device).unsqueeze(1) * K + beam  # (S, K)
+            # The new beam: the best extensions that do not end in <eos>, best first; K of
+            # them, or all there are when the vocabulary is tiny (num_top - W of them).
+            rank = torch.arange(num_top, device=device).expand_as(top_index)
+            width = min(K, num_top - W)
+            keep = torch.where(is_eos, rank + num_top, rank).argsort(dim=1)[:, :width]
+            live = top_scores.gather(1, keep)  # (S, width)
+            beam, token = top_beam.gather(1, keep), top_token.gather(1, keep)  # (S, width) each
+            prefixes = torch.cat([prefixes.gather(1, beam.unsqueeze(-1).expand(
+                *beam.shape, prefixes.shape[2])), token.unsqueeze(-1)], dim=2)  # (S, width, length)
+            parents = torch.arange(S, device=device).unsqueeze(1) * W + beam  # (S, width)
             if length == max_len:
                 break
             # Best any live hypothesis can still reach: log p <= now <= 0, length <= max_len.
             bounds = (live.max(dim=1).values / max_len ** length_penalty).tolist()
             going = [s for s in range(S) if not (
-                bounds[s] == float("-inf") or (len(finished[alive[s]]) == K
-                                               and finished[alive[s]][-1].score >= bounds[s]))]
+                bounds[s] == float("-inf") or (len(finished[alive[s]]) >= settled
+                                               and finished[alive[s]][settled - 1].score
+                                               >= bounds[s]))]
             if not going:
                 break
-            same_sentences = len(going) == S
-            if not same_sentences:  # done sentences leave the batch: later steps skip them
+            same_rows = len(going) == S and width == W
+            if len(going) < S:  # done sentences leave the batch: later steps skip them
                 index = torch.tensor(going, device=device)
                 live, prefixes = live[index], prefixes[index]
                 parents, token = parents[index], token[index]
                 alive = [alive[s] for s in going]
-            # Follow the surviving parents. Parents are beams of the same sentence, so while no
-            # sentence leaves, what depends on the source alone stays as it is.
+            # Follow the surviving parents. While every row keeps its sentence (no sentence
+            # leaves, the width stays), what depends on the source alone stays as it is.
             state = state.reorder(parents.view(-1),
-                                  keep=getattr(state, "per_source", ()) if same_sentences else ())
-            token = token.reshape(-1, 1)  # (S*K, 1)
+                                  keep=getattr(state, "per_source", ()) if same_rows else ())
+            token = token.reshape(-1, 1)  # (S*width, 1)
         if length == max_len:  # sentences still going at max_len: live hypotheses finish there
             for s, b in enumerate(alive):
-                for k in range(K):
+                for k in range(live.shape[1]):
                     if live[s, k].isfinite():
                         _add_finished(finished[b], prefixes[s, k].tolist(), live[s, k].item(),
                                       length_penalty, K)

@@ -150,8 +150,9 @@ def test_decode_feeds_only_the_new_token(name, decoder):
         beam_search(model, src, valid, beam_size=3, max_len=MAX_LEN)
         rows = [r for r, _ in calls]
         assert 1 <= len(calls) <= MAX_LEN and all(width == 1 for _, width in calls)
-        assert rows[0] == 3 * B and all(r % 3 == 0 for r in rows)  # K rows per live sentence
-        assert rows == sorted(rows, reverse=True)  # finished sentences leave the batch
+        # The first step runs one empty prefix per sentence; then K rows per live sentence.
+        assert rows[0] == B and all(r % 3 == 0 for r in rows[1:])
+        assert rows[1:] == sorted(rows[1:], reverse=True)  # finished sentences leave the batch
 
 
 def all_sequences(vocab_size, max_len):
@@ -233,6 +234,35 @@ def test_beam_matches_reference_without_early_stopping(name, beam_size, alpha):
         assert [h.tokens for h in hypotheses] == [tokens for tokens, _ in expected]
         close(torch.tensor([h.log_prob for h in hypotheses]),
               torch.tensor([log_p for _, log_p in expected]))
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize(("beam_size", "alpha"), [(2, 0.0), (4, 0.0), (3, 0.6), (2, 1.5)])
+def test_best_only_stops_sooner_with_the_same_answer(name, beam_size, alpha):
+    """Without return_all a sentence stops once its best finished hypothesis is beyond reach:
+    the same best as the reference without early stopping, in no more decoder steps."""
+    model, (src, valid) = make(name), make_source()
+    steps, original = [], model.decode
+
+    def counting(dec_input, state):
+        steps.append(dec_input.shape[0])
+        return original(dec_input, state)
+
+    model.decode = counting
+    best = beam_search(model, src, valid, beam_size=beam_size, max_len=MAX_LEN,
+                       length_penalty=alpha)
+    rows_best, steps[:] = sum(steps), []
+    beam_search(model, src, valid, beam_size=beam_size, max_len=MAX_LEN, length_penalty=alpha,
+                return_all=True)
+    assert rows_best <= sum(steps)
+    if alpha < 1:  # these random models end sentences early: the saving shows
+        assert rows_best < sum(steps)
+    for i in range(B):
+        tokens, log_p = reference_beam(model, src[i:i + 1], valid[i:i + 1],
+                                       beam_size, MAX_LEN, alpha)[0]
+        assert rows(best)[i] == tokens
+        close(best.log_probs[i], torch.tensor(log_p))
+        close(best.scores[i], torch.tensor(log_p / len(tokens) ** alpha))
 
 
 @pytest.mark.parametrize("name", NAMES)
