@@ -157,15 +157,17 @@ def masked_softmax(X: torch.Tensor, valid_lens: torch.Tensor | None = None, *,
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be torch.bool (True = keep), got {mask.dtype}")
     try:
-        mask = mask.expand_as(X)
+        if torch.broadcast_shapes(mask.shape, X.shape) != X.shape:
+            raise RuntimeError
     except RuntimeError as error:
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} does not broadcast to scores of shape "
             f"{tuple(X.shape)}") from error
     # The most negative finite number, not -inf: a fully masked row then softmaxes to finite
     # (uniform) values instead of NaN, and the final masked_fill turns them into zeros.
-    scores = X.masked_fill(~mask, torch.finfo(X.dtype).min)
-    return F.softmax(scores, dim=-1).masked_fill(~mask, 0.0)
+    dropped = ~mask  # as small as the mask: masked_fill broadcasts it over X
+    scores = X.masked_fill(dropped, torch.finfo(X.dtype).min)
+    return F.softmax(scores, dim=-1).masked_fill(dropped, 0.0)
 
 
 def to_sdpa_mask(keep: torch.Tensor) -> torch.Tensor:
