@@ -187,11 +187,11 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
             logits, state = model.decode(token, state)  # (S*W, 1, V)
             V = logits.shape[-1]
             if log_p is None or log_p.shape[0] < R:
-                log_p = torch.empty(R, V, device=device)
+                log_p = torch.empty(R, V, dtype=torch.float32, device=device)
             step = torch.log_softmax(logits[:, -1].float(), dim=-1, out=log_p[:R])
-            candidates = step.view(S, W, V).add_(live.unsqueeze(-1)).view(S, W * V)  # all
-            # one-token extensions. Each beam has one <eos> extension, so the best 2K hold at
-            # least 2K - W >= K others.
+            # Every one-token extension of every live prefix, scored: (S, W*V). Each beam has
+            # one <eos> extension, so the best 2K hold at least 2K - W >= K others.
+            candidates = step.view(S, W, V).add_(live.unsqueeze(-1)).view(S, W * V)
             num_top = min(2 * K, W * V)
             top_scores, top_index = candidates.topk(num_top, dim=1)  # (S, num_top)
             top_beam, top_token = top_index // V, top_index % V  # (S, num_top) each
