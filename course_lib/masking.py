@@ -157,12 +157,12 @@ def masked_softmax(X: torch.Tensor, valid_lens: torch.Tensor | None = None, *,
     if mask.dtype != torch.bool:
         raise TypeError(f"mask must be torch.bool (True = keep), got {mask.dtype}")
     try:
-        if torch.broadcast_shapes(mask.shape, X.shape) != X.shape:
-            raise RuntimeError
-    except RuntimeError as error:
-        raise ValueError(
-            f"mask of shape {tuple(mask.shape)} does not broadcast to scores of shape "
-            f"{tuple(X.shape)}") from error
+        broadcast = torch.broadcast_shapes(mask.shape, X.shape)
+    except RuntimeError:
+        broadcast = None
+    if broadcast != X.shape:
+        raise ValueError(f"mask of shape {tuple(mask.shape)} does not broadcast to scores of "
+                         f"shape {tuple(X.shape)}")
     # The most negative finite number, not -inf: a fully masked row then softmaxes to finite
     # (uniform) values instead of NaN, and the final masked_fill turns them into zeros.
     dropped = ~mask  # as small as the mask: masked_fill broadcasts it over X
