@@ -240,23 +240,23 @@ def test_beam_matches_reference_without_early_stopping(name, beam_size, alpha):
 @pytest.mark.parametrize(("beam_size", "alpha"), [(2, 0.0), (4, 0.0), (3, 0.6), (2, 1.5)])
 def test_best_only_stops_sooner_with_the_same_answer(name, beam_size, alpha):
     """Without return_all a sentence stops once its best finished hypothesis is beyond reach:
-    the same best as the reference without early stopping, in no more decoder steps."""
+    the same best as the reference without early stopping, from fewer decoder rows."""
     model, (src, valid) = make(name), make_source()
-    steps, original = [], model.decode
+    decoded_rows, original = [], model.decode
 
     def counting(dec_input, state):
-        steps.append(dec_input.shape[0])
+        decoded_rows.append(dec_input.shape[0])
         return original(dec_input, state)
 
     model.decode = counting
     best = beam_search(model, src, valid, beam_size=beam_size, max_len=MAX_LEN,
                        length_penalty=alpha)
-    rows_best, steps[:] = sum(steps), []
+    rows_best_only, decoded_rows[:] = sum(decoded_rows), []
     beam_search(model, src, valid, beam_size=beam_size, max_len=MAX_LEN, length_penalty=alpha,
                 return_all=True)
-    assert rows_best <= sum(steps)
+    assert rows_best_only <= sum(decoded_rows)
     if alpha < 1:  # these random models end sentences early: the saving shows
-        assert rows_best < sum(steps)
+        assert rows_best_only < sum(decoded_rows)
     for i in range(B):
         tokens, log_p = reference_beam(model, src[i:i + 1], valid[i:i + 1],
                                        beam_size, MAX_LEN, alpha)[0]
