@@ -33,7 +33,7 @@ from torch import nn
 
 from course_lib.data.translation import TranslationData
 from course_lib.data.vocab import Vocab
-from course_lib.models.base import inference
+from course_lib.models.base import EncoderDecoder, inference
 
 __all__ = ["Hypothesis", "DecodeResult", "greedy_decode", "beam_search", "sample_decode",
            "translate"]
@@ -69,6 +69,33 @@ def _check_at_least(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+class _StepLogits:
+    """Runs one decoder step and returns the logits (R, V) of its new tokens.
+
+    A model that keeps the interface's own ``decode`` (the output layer on
+    ``decode_features``) writes them into one buffer reused at every step
+    (``EncoderDecoder.next_token_logits``); a model that overrides ``decode``, as lesson 01's
+    counting model does, is called through its ``decode``. The rows needed shrink as sentences
+    finish (greedy) or grow from B to K*B (beam search): the buffer grows when needed and
+    steps use its first R rows.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        self.buffered = (isinstance(model, EncoderDecoder)
+                         and getattr(model.decode, "__func__", None) is EncoderDecoder.decode)
+        self.buffer: torch.Tensor | None = None
+
+    def __call__(self, token: torch.Tensor, state):
+        if not self.buffered:
+            logits, state = self.model.decode(token, state)  # (R, 1, V)
+            return logits[:, -1], state
+        R, output = token.shape[0], self.model.output
+        if self.buffer is None or self.buffer.shape[0] < R:
+            self.buffer = output.weight.new_empty(R, output.out_features)
+        return self.model.next_token_logits(token, state, out=self.buffer[:R])
+
+
 def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor,
                     max_len: int, bos: int, eos: int, pad: int,
                     choose: Callable[[torch.Tensor], torch.Tensor]) -> DecodeResult:
@@ -80,16 +107,20 @@ def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Te
     with inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
+        step_logits, log_p_buffer = _StepLogits(model), None
         rows = torch.arange(B, device=device)  # (R,) which sentence each state row belongs to
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         tokens = torch.full((B, max_len), pad, dtype=torch.long, device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         log_probs = torch.zeros(B, device=device)
         for t in range(max_len):
-            logits, state = model.decode(token, state)  # (R, 1, V): only the new token runs
-            logits = logits[:, -1].float()  # (R, V)
+            logits, state = step_logits(token, state)  # (R, V): only the new token runs
+            logits, R = logits.float(), logits.shape[0]
             chosen = choose(logits)  # (R,)
-            log_p = logits.log_softmax(dim=-1).gather(1, chosen.unsqueeze(1)).squeeze(1)  # (R,)
+            if log_p_buffer is None:  # reused, as the logits are (see _StepLogits)
+                log_p_buffer = torch.empty(logits.shape, dtype=torch.float32, device=device)
+            all_log_p = torch.log_softmax(logits, dim=-1, out=log_p_buffer[:R])  # (R, V)
+            log_p = all_log_p.gather(1, chosen.unsqueeze(1)).squeeze(1)  # (R,)
             tokens[rows, t] = chosen
             log_probs[rows] += log_p
             lengths[rows] += 1
@@ -181,14 +212,15 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
         prefixes = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (S, W, length)
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-        log_p = None  # (rows, V) buffer, reused: fresh tensors of this size cost page faults
+        step_logits = _StepLogits(model)
+        log_p = None  # (rows, V) buffer, reused as the logits are (see _StepLogits)
         for length in range(1, max_len + 1):
             (S, W), R = live.shape, live.numel()
-            logits, state = model.decode(token, state)  # (S*W, 1, V)
+            logits, state = step_logits(token, state)  # (S*W, V)
             V = logits.shape[-1]
             if log_p is None or log_p.shape[0] < R:
                 log_p = torch.empty(R, V, dtype=torch.float32, device=device)
-            step = torch.log_softmax(logits[:, -1].float(), dim=-1, out=log_p[:R])
+            step = torch.log_softmax(logits.float(), dim=-1, out=log_p[:R])
             # Every one-token extension of every live prefix, scored: (S, W*V). Each beam has
             # one <eos> extension, so the best 2K hold at least 2K - W >= K others.
             candidates = step.view(S, W, V).add_(live.unsqueeze(-1)).view(S, W * V)

@@ -129,7 +129,7 @@ def test_beam_size_one_is_greedy(name):
 @pytest.mark.parametrize("decoder", ["greedy", "beam"])
 def test_decode_feeds_only_the_new_token(name, decoder):
     model, (src, valid) = make(name), make_source()
-    calls, original = [], model.decode
+    calls, original = [], model.decode_features  # what decode and next_token_logits run
 
     def spy(dec_input, state):
         if isinstance(state, TransformerState):  # the key/value cache grows one step per call
@@ -138,7 +138,7 @@ def test_decode_feeds_only_the_new_token(name, decoder):
         calls.append(tuple(dec_input.shape))
         return original(dec_input, state)
 
-    model.decode = spy
+    model.decode_features = spy
     if decoder == "greedy":
         result = greedy_decode(model, src, valid, max_len=MAX_LEN)
         # Step t runs only the sentences still going (finished ones leave the batch), and the
@@ -153,6 +153,75 @@ def test_decode_feeds_only_the_new_token(name, decoder):
         # The first step runs one empty prefix per sentence; then K rows per live sentence.
         assert rows[0] == B and all(r % 3 == 0 for r in rows[1:])
         assert rows[1:] == sorted(rows[1:], reverse=True)  # finished sentences leave the batch
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("new_tokens", [1, 3])
+def test_next_token_logits_is_decode_at_the_last_position(name, new_tokens):
+    """What the decoders call at every step: decode's last position, optionally into a buffer."""
+    model, (src, valid) = make(name), make_source()
+    dec_input = torch.randint(3, TGT_V, (B, new_tokens), generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        state = model.encode(src, valid)
+        expected, expected_state = model.decode(dec_input, state)
+        plain, plain_state = model.next_token_logits(dec_input, state)
+        buffer = torch.full((B + 2, TGT_V), float("nan"))  # larger: steps use its first rows
+        into, into_state = model.next_token_logits(dec_input, state, out=buffer[:B])
+        assert into.data_ptr() == buffer.data_ptr() and buffer[B:].isnan().all()
+        for logits in (plain, into):
+            assert logits.shape == (B, TGT_V)
+            close(logits, expected[:, -1])
+        token = torch.full((B, 1), 5)  # the states carry on identically
+        following = model.decode(token, expected_state)[0]
+        for carried in (plain_state, into_state):
+            close(model.decode(token, carried)[0], following)
+
+
+def test_next_token_logits_without_output_bias():
+    model, (src, valid) = make("gru"), make_source()
+    model.output.bias = None
+    with torch.inference_mode():
+        state = model.encode(src, valid)
+        expected = model.decode(torch.full((B, 1), BOS), state)[0][:, -1]
+        logits, _ = model.next_token_logits(torch.full((B, 1), BOS), state,
+                                            out=torch.empty(B, TGT_V))
+    close(logits, expected)
+
+
+def _push_towards_five(logits):
+    logits = logits.clone()
+    logits[..., 5] += 100.0
+    return logits
+
+
+class _AlwaysFive(Seq2SeqGRU):
+    """Overrides ``decode``: the decoders must go through it, not around it."""
+
+    def decode(self, dec_input, state):
+        logits, state = super().decode(dec_input, state)
+        return _push_towards_five(logits), state
+
+
+@pytest.mark.parametrize("decoder", [
+    lambda m, s, v: greedy_decode(m, s, v, max_len=MAX_LEN),
+    lambda m, s, v: beam_search(m, s, v, beam_size=3, max_len=MAX_LEN),
+    lambda m, s, v: sample_decode(m, s, v, max_len=MAX_LEN, generator=torch.Generator()),
+], ids=["greedy", "beam", "sample"])
+def test_a_model_that_overrides_decode_is_decoded_through_it(decoder):
+    torch.manual_seed(0)
+    model = _AlwaysFive(SRC_V, TGT_V, embed_size=E, num_hiddens=H).eval()
+    src, valid = make_source()
+    result = decoder(model, src, valid)
+    assert (result.tokens == 5).all() and (result.lengths == MAX_LEN).all()
+    instance = make("gru")  # patched on the instance rather than the class: the same
+    original = instance.decode
+
+    def patched(dec_input, state):
+        logits, state = original(dec_input, state)
+        return _push_towards_five(logits), state
+
+    instance.decode = patched
+    assert (decoder(instance, src, valid).tokens == 5).all()
 
 
 def all_sequences(vocab_size, max_len):

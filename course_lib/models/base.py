@@ -93,11 +93,33 @@ class EncoderDecoder(nn.Module):
         """Decoder hidden states (B, T, D) for dec_input (B, T), and the state after them."""
         raise NotImplementedError
 
-    def decode(self, dec_input: torch.Tensor,
-               state: DecoderState) -> tuple[torch.Tensor, DecoderState]:
-        """Logits (B, T, V) for the next decoder tokens dec_input (B, T), and the new state."""
-        features, state = self.decode_features(dec_input, state)
+    def decode(self, dec_input: torch.Tensor, state: DecoderState,
+               **options: Any) -> tuple[torch.Tensor, DecoderState]:
+        """Logits (B, T, V) for the next decoder tokens dec_input (B, T), and the new state.
+
+        ``options`` go to ``decode_features`` (the Transformer's ``use_cache``).
+        """
+        features, state = self.decode_features(dec_input, state, **options)
         return self.output(features), state
+
+    def next_token_logits(self, dec_input: torch.Tensor, state: DecoderState, *,
+                          out: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
+        """Logits (B, V) for the token after dec_input (B, T), and the new state.
+
+        The same numbers as ``decode(dec_input, state)[0][:, -1]``, the output layer run on
+        the last position only and, given ``out`` (B, V), written there. Decoders pass one
+        buffer for all their steps: on CPU a fresh (B, V) tensor of many megabytes comes from
+        the operating system's zeroed pages at every step, which costs more than the matrix
+        product that fills it.
+        """
+        features, state = self.decode_features(dec_input, state)
+        last = features[:, -1]  # (B, D)
+        if out is None:
+            return self.output(last), state
+        weight, bias = self.output.weight.t(), self.output.bias  # (D, V), (V,)
+        if bias is None:
+            return torch.mm(last, weight, out=out), state
+        return torch.addmm(bias, last, weight, out=out), state
 
     def features(self, src: torch.Tensor, src_valid_len: torch.Tensor,
                  dec_input: torch.Tensor) -> torch.Tensor:

@@ -264,20 +264,15 @@ class Transformer(EncoderDecoder):
         layers = len(self.decoder_blocks)
         return TransformerState(memory, src_valid_len, [None] * layers, [None] * layers, empty)
 
-    def decode(self, dec_input: torch.Tensor, state: TransformerState,
-               use_cache: bool | None = None) -> tuple[torch.Tensor, TransformerState]:
-        """Logits (B, T_new, V) of the new decoder tokens dec_input (B, T_new), and a new state;
-        ``use_cache`` overrides ``self.use_cache`` for this call."""
-        features, state = self.decode_features(dec_input, state, use_cache)
-        return self.output(features), state
-
     def decode_features(self, dec_input: torch.Tensor, state: TransformerState,
                         use_cache: bool | None = None) -> tuple[torch.Tensor, TransformerState]:
         """Final hidden states (B, T_new, D) of the new decoder tokens dec_input (B, T_new).
 
         With the cache only the new tokens run, attending to earlier positions through the
         cached keys/values; without it all tokens so far run again and the new ones' logits
-        are returned. Both give the same numbers. ``state`` itself is never modified.
+        are returned. Both give the same numbers. ``use_cache`` overrides ``self.use_cache``
+        for this call (``decode(dec_input, state, use_cache=False)`` passes it on). ``state``
+        itself is never modified.
         """
         use_cache = self.use_cache if use_cache is None else use_cache
         B = state.memory.shape[0]
