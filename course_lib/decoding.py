@@ -4,7 +4,9 @@
 
 Every decoder here drives a model through the interface of ``course_lib.models.base``: it calls
 ``encode`` once, then ``decode`` with only the newly chosen tokens (B, 1) and the carried state,
-so RNN hidden states and the Transformer's key/value cache are reused, never recomputed.
+so RNN hidden states and the Transformer's key/value cache are reused, never recomputed. (For a
+model that keeps the interface's own ``decode``, the call is ``next_token_logits``: the same
+logits, written into one buffer reused at every step.)
 
 - **Greedy** takes the most likely token at every step. Fast and deterministic, but the best
   *next* token need not start the best *sentence*, and an early choice is never undone.
