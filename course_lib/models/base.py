@@ -107,14 +107,14 @@ class EncoderDecoder(nn.Module):
         """Logits (B, V) for the token after dec_input (B, T), and the new state.
 
         The same numbers as ``decode(dec_input, state)[0][:, -1]``, the output layer run on
-        the last position only and, given ``out`` (B, V), written there. Decoders pass one
-        buffer for all their steps: on CPU a fresh (B, V) tensor of many megabytes comes from
-        the operating system's zeroed pages at every step, which costs more than the matrix
-        product that fills it.
+        the last position only and, given ``out`` (B, V) of the logits' dtype, written there.
+        Decoders pass one buffer for all their steps: on CPU a fresh tensor of many megabytes
+        at every step comes from new pages of the operating system, and touching them can cost
+        as much as the matrix product that fills them.
         """
         features, state = self.decode_features(dec_input, state)
         last = features[:, -1]  # (B, D)
-        if out is None:
+        if out is None or out.dtype != last.dtype:  # e.g. under autocast: a fresh tensor
             return self.output(last), state
         weight, bias = self.output.weight.t(), self.output.bias  # (D, V), (V,)
         if bias is None:
