@@ -194,6 +194,17 @@ def _push_towards_five(logits):
     return logits
 
 
+def test_next_token_logits_ignores_a_buffer_of_another_dtype():
+    model, (src, valid) = make("transformer"), make_source()
+    with torch.inference_mode():
+        state = model.encode(src, valid)
+        expected = model.decode(torch.full((B, 1), BOS), state)[0][:, -1]
+        buffer = torch.zeros(B, TGT_V, dtype=torch.float64)
+        logits, _ = model.next_token_logits(torch.full((B, 1), BOS), state, out=buffer)
+    assert logits.dtype == torch.float32 and (buffer == 0).all()
+    close(logits, expected)
+
+
 class _AlwaysFive(Seq2SeqGRU):
     """Overrides ``decode``: the decoders must go through it, not around it."""
 
