@@ -6,7 +6,7 @@ Every decoder here drives a model through the interface of ``course_lib.models.b
 ``encode`` once, then ``decode`` with only the newly chosen tokens (B, 1) and the carried state,
 so RNN hidden states and the Transformer's key/value cache are reused, never recomputed. (For a
 model that keeps the interface's own ``decode``, the call is ``next_token_logits``: the same
-logits, written into one buffer reused at every step.)
+logits, written into a buffer reused at every step.)
 
 - **Greedy** takes the most likely token at every step. Fast and deterministic, but the best
   *next* token need not start the best *sentence*, and an early choice is never undone.
@@ -71,31 +71,41 @@ def _check_at_least(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
-class _StepLogits:
-    """Runs one decoder step and returns the logits (R, V) of its new tokens.
+class _Step:
+    """Runs one decoder step: the logits (R, V) of its new tokens and their log-softmax.
 
-    A model that keeps the interface's own ``decode`` (the output layer on
-    ``decode_features``) writes them into one buffer reused at every step
+    Both come back in buffers reused at every step: on CPU a fresh (R, V) tensor of many
+    megabytes per step costs page faults. A model that keeps the interface's own ``decode``
+    (the output layer on ``decode_features``) writes its logits straight into the buffer
     (``EncoderDecoder.next_token_logits``); a model that overrides ``decode``, as lesson 01's
     counting model does, is called through its ``decode``. The rows needed shrink as sentences
-    finish (greedy) or grow from B to K*B (beam search): the buffer grows when needed and
-    steps use its first R rows.
+    finish (greedy) or grow from B to K*B (beam search): the buffers grow when needed and a
+    step uses their first R rows.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.buffered = (isinstance(model, EncoderDecoder)
                          and getattr(model.decode, "__func__", None) is EncoderDecoder.decode)
-        self.buffer: torch.Tensor | None = None
+        self.logits: torch.Tensor | None = None     # (rows, V) in the model's dtype
+        self.log_probs: torch.Tensor | None = None  # (rows, V) float32
 
     def __call__(self, token: torch.Tensor, state):
-        if not self.buffered:
+        """token (R, 1) -> logits (R, V), log-probabilities (R, V) float32, new state."""
+        R = token.shape[0]
+        if self.buffered:
+            output = self.model.output
+            if self.logits is None or self.logits.shape[0] < R:
+                self.logits = output.weight.new_empty(R, output.out_features)
+            logits, state = self.model.next_token_logits(token, state, out=self.logits[:R])
+        else:
             logits, state = self.model.decode(token, state)  # (R, 1, V)
-            return logits[:, -1], state
-        R, output = token.shape[0], self.model.output
-        if self.buffer is None or self.buffer.shape[0] < R:
-            self.buffer = output.weight.new_empty(R, output.out_features)
-        return self.model.next_token_logits(token, state, out=self.buffer[:R])
+            logits = logits[:, -1]
+        if self.log_probs is None or self.log_probs.shape[0] < R:
+            self.log_probs = torch.empty(R, logits.shape[-1], dtype=torch.float32,
+                                         device=logits.device)
+        log_probs = torch.log_softmax(logits.float(), dim=-1, out=self.log_probs[:R])
+        return logits, log_probs, state
 
 
 def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor,
@@ -109,19 +119,15 @@ def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Te
     with inference(model):
         state = model.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
-        step_logits, log_p_buffer = _StepLogits(model), None
+        step = _Step(model)
         rows = torch.arange(B, device=device)  # (R,) which sentence each state row belongs to
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         tokens = torch.full((B, max_len), pad, dtype=torch.long, device=device)
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         log_probs = torch.zeros(B, device=device)
         for t in range(max_len):
-            logits, state = step_logits(token, state)  # (R, V): only the new token runs
-            logits, R = logits.float(), logits.shape[0]
-            chosen = choose(logits)  # (R,)
-            if log_p_buffer is None:  # reused, as the logits are (see _StepLogits)
-                log_p_buffer = torch.empty(logits.shape, dtype=torch.float32, device=device)
-            all_log_p = torch.log_softmax(logits, dim=-1, out=log_p_buffer[:R])  # (R, V)
+            logits, all_log_p, state = step(token, state)  # (R, V) each: the new token only
+            chosen = choose(logits.float())  # (R,)
             log_p = all_log_p.gather(1, chosen.unsqueeze(1)).squeeze(1)  # (R,)
             tokens[rows, t] = chosen
             log_probs[rows] += log_p
@@ -214,15 +220,11 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
         prefixes = torch.zeros(B, 1, 0, dtype=torch.long, device=device)  # (S, W, length)
         token = torch.full((B, 1), bos, dtype=torch.long, device=device)
         finished: list[list[Hypothesis]] = [[] for _ in range(B)]
-        step_logits = _StepLogits(model)
-        log_p = None  # (rows, V) buffer, reused as the logits are (see _StepLogits)
+        step_once = _Step(model)
         for length in range(1, max_len + 1):
-            (S, W), R = live.shape, live.numel()
-            logits, state = step_logits(token, state)  # (S*W, V)
-            V = logits.shape[-1]
-            if log_p is None or log_p.shape[0] < R:
-                log_p = torch.empty(R, V, dtype=torch.float32, device=device)
-            step = torch.log_softmax(logits.float(), dim=-1, out=log_p[:R])
+            S, W = live.shape
+            _, step, state = step_once(token, state)  # log-probabilities (S*W, V)
+            V = step.shape[-1]
             # Every one-token extension of every live prefix, scored: (S, W*V). Each beam has
             # one <eos> extension, so the best 2K hold at least 2K - W >= K others.
             candidates = step.view(S, W, V).add_(live.unsqueeze(-1)).view(S, W * V)
