@@ -186,6 +186,25 @@ def _add_finished(pool: list[Hypothesis], tokens: list[int], log_prob: float,
     del pool[beam_size:]
 
 
+def _follow_parents(state, parents: torch.Tensor, sentences: torch.Tensor | None, width: int,
+                    same_rows: bool):
+    """The state for beam search's next step: decoder row i continues row ``parents[i]``, and
+    only ``sentences`` (indices of the current ones; None: all) go on, ``width`` rows each.
+
+    What depends on the source alone (``per_source``) is never copied where it need not be: a
+    state that ``shares_sources`` keeps one row of it per sentence, and drops only the rows of
+    sentences that leave; another state keeps a copy in every decoder row, left as it is while
+    every row keeps its sentence (``same_rows``: no sentence leaves, the width stays).
+    """
+    per_source = getattr(state, "per_source", ())
+    if not getattr(state, "shares_sources", False):
+        return state.reorder(parents, keep=per_source if same_rows else ())
+    state = state.reorder(parents, keep=per_source)
+    if sentences is not None:
+        state = state.reorder(sentences, only=per_source)
+    return dataclasses.replace(state, beams=width)
+
+
 def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, *,
                 beam_size: int, max_len: int, length_penalty: float = 0.0, bos: int = 1,
                 eos: int = 2, pad: int = 0, return_all: bool = False) -> DecodeResult:
@@ -260,15 +279,13 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
             if not going:
                 break
             same_rows = len(going) == S and width == W
+            index = None
             if len(going) < S:  # done sentences leave the batch: later steps skip them
                 index = torch.tensor(going, device=device)
                 live, prefixes = live[index], prefixes[index]
                 parents, token = parents[index], token[index]
                 alive = [alive[s] for s in going]
-            # Follow the surviving parents. While every row keeps its sentence (no sentence
-            # leaves, the width stays), what depends on the source alone stays as it is.
-            state = state.reorder(parents.view(-1),
-                                  keep=getattr(state, "per_source", ()) if same_rows else ())
+            state = _follow_parents(state, parents.view(-1), index, width, same_rows)
             token = token.reshape(-1, 1)  # (S*width, 1)
         if length == max_len:  # sentences still going at max_len: live hypotheses finish there
             for s, b in enumerate(alive):

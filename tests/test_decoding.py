@@ -545,6 +545,23 @@ def test_greedy_breaks_ties_towards_the_lower_token_id():
     close(result.log_probs, torch.full((B,), expected))
 
 
+@pytest.mark.parametrize("return_all", [False, True])
+@pytest.mark.parametrize("name", ["transformer", "transformer_no_cache"])
+def test_beam_search_same_whether_beams_share_the_memory(name, return_all, monkeypatch):
+    """The Transformer's beams read their sentence's one memory row (``shares_sources``); with
+    the memory copied into every beam's row instead, beam search must find the same."""
+    model, (src, valid) = make(name), make_source()
+    kwargs = dict(beam_size=3, max_len=MAX_LEN, length_penalty=0.7, return_all=return_all)
+    shared = beam_search(model, src, valid, **kwargs)
+    monkeypatch.setattr(TransformerState, "shares_sources", False)
+    copied = beam_search(model, src, valid, **kwargs)
+    assert torch.equal(shared.tokens, copied.tokens)
+    close(shared.scores, copied.scores)
+    if return_all:
+        assert [[h.tokens for h in pool] for pool in shared.hypotheses] == \
+            [[h.tokens for h in pool] for pool in copied.hypotheses]
+
+
 def _rows_per_sentence(value, K, dim):
     """Whether every sentence's K rows of a tensor (or list of tensors) are identical."""
     if value is None:

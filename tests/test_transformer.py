@@ -204,6 +204,66 @@ def test_decoding_after_reorder_matches_forward(use_cache):
         close(again, model(src, src_valid_len, dec_input)[:, 3:])
 
 
+@pytest.mark.parametrize("use_sdpa", [False, True])
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beams_share_their_sentence_memory_row(use_cache, use_sdpa):
+    """A state with beams = K (one memory row per sentence, K decoder rows each) gives the same
+    logits and cross-attention weights as one with the memory copied into every decoder row:
+    over several steps, with hypotheses reordered within their sentence, and after a sentence
+    leaves and the width changes."""
+    model = make_model(use_sdpa=use_sdpa)
+    src, src_valid_len, _ = make_inputs()
+    B, K = src.shape[0], 3
+    g = torch.Generator().manual_seed(0)
+
+    def step_both(copied, shared):
+        tokens = torch.randint(3, V_TGT, (copied.past_tokens.shape[0], 1), generator=g)
+        expected, copied = model.decode(tokens, copied, use_cache=use_cache)
+        expected_weights = model.cross_attention_weights()
+        logits, shared = model.decode(tokens, shared, use_cache=use_cache)
+        close(logits, expected)
+        for weights, reference in zip(model.cross_attention_weights(), expected_weights,
+                                      strict=True):
+            assert (weights is None) == use_sdpa and (reference is None) == use_sdpa
+            if weights is not None:
+                close(weights, reference)
+        return copied, shared
+
+    with torch.no_grad():
+        state = model.encode(src, src_valid_len)
+        rows = torch.arange(B).repeat_interleave(K)
+        copied = state.reorder(rows)
+        shared = dataclasses.replace(state.reorder(rows, keep=state.per_source), beams=K)
+        for _ in range(3):
+            copied, shared = step_both(copied, shared)
+            parents = (torch.arange(B).repeat_interleave(K) * K
+                       + torch.randint(0, K, (B * K,), generator=g))  # within each sentence
+            copied = copied.reorder(parents)
+            shared = shared.reorder(parents, keep=shared.per_source)
+        assert shared.memory.shape[0] == B and shared.memory_kv[0] is not None or not use_cache
+        going, width = torch.tensor([0, 2, 3]), 2  # sentence 1 leaves; 2 beams each
+        parents = going.repeat_interleave(width) * K + torch.tensor([2, 0] * 3)
+        copied = copied.reorder(parents)
+        shared = dataclasses.replace(shared.reorder(parents, keep=shared.per_source)
+                                     .reorder(going, only=shared.per_source), beams=width)
+        for _ in range(2):
+            copied, shared = step_both(copied, shared)
+    assert shared.memory.shape[0] == 3 and copied.memory.shape[0] == 6
+
+
+def test_beams_state_reorders_its_per_source_fields_apart():
+    model = make_model()
+    src, src_valid_len, dec_input = make_inputs()
+    state = dataclasses.replace(model.encode(src, src_valid_len), beams=2)
+    with pytest.raises(ValueError, match="reorder them apart"):
+        state.reorder(torch.arange(8))
+    with pytest.raises(ValueError, match=r"with B = 8, got shape \(4, 1\)"):
+        model.decode(dec_input[:, :1], state)  # 2 decoder rows per sentence: 8 rows
+    X = torch.zeros(4, 1, 32)
+    with pytest.raises(ValueError, match=r"expected 8 rows, got X \(4, 1, 32\)"):
+        model.decoder_blocks[0](X, state.memory, src_valid_len, use_cache=True, beams=2)
+
+
 def test_cache_cannot_resume_an_uncached_state():
     model = make_model()
     src, src_valid_len, dec_input = make_inputs()

@@ -44,28 +44,45 @@ class DecoderState:
     of tensors (per-layer caches) are reordered element by element; None is left alone.
     ``per_source`` names the fields that depend on the source sentence only (encoder outputs,
     lengths, projected memory): all beams of one sentence hold the same rows there.
+
+    ``shares_sources`` is True for a state whose model reads the per-source fields with one row
+    per source sentence even when the decoder runs several rows per sentence, as beam search's
+    hypotheses do (in consecutive rows). Such a state has an int field ``beams``, the decoder
+    rows per sentence (1 after ``encode``), and beam search never copies the per-source fields
+    into every beam's row.
     """
 
     per_source: ClassVar[tuple[str, ...]] = ()
+    shares_sources: ClassVar[bool] = False
 
     def batch_dim(self, name: str) -> int:
         return getattr(self, "batch_dims", {}).get(name, 0)
 
-    def reorder(self, index: torch.Tensor, *, keep: Iterable[str] = ()) -> DecoderState:
+    def reorder(self, index: torch.Tensor, *, keep: Iterable[str] = (),
+                only: Iterable[str] | None = None) -> DecoderState:
         """A new state whose row i is this state's row ``index[i]`` (beam search bookkeeping).
 
-        Fields named in ``keep`` are left as they are. Beam search passes ``per_source`` when
-        ``index`` only moves rows among the beams of the same sentence: those fields would come
-        out identical, and copying them (the encoder memory, every layer's projected keys and
-        values) at every step is a good part of a step's time.
+        Fields named in ``keep`` are left as they are; given ``only``, only the fields it names
+        are reordered. Beam search keeps ``per_source`` when ``index`` only moves rows among
+        the beams of the same sentence: those fields would come out identical, and copying them
+        (the encoder memory, every layer's projected keys and values) at every step is a good
+        part of a step's time. In a state with ``beams`` > 1 the per-source fields have fewer
+        rows than the others, so they are reordered apart: ``keep=per_source`` for the decoder
+        rows, ``only=per_source`` (with sentence indices) for them.
         """
         keep = set(keep)
-        changes = {}
-        for field in dataclasses.fields(self):
-            if field.name == "batch_dims" or field.name in keep:
-                continue
-            changes[field.name] = _select(getattr(self, field.name), index,
-                                          self.batch_dim(field.name))
+        names = [field.name for field in dataclasses.fields(self)
+                 if field.name != "batch_dims" and field.name not in keep
+                 and (only is None or field.name in set(only))]
+        if getattr(self, "beams", 1) > 1:
+            per_source = [name for name in names if name in self.per_source]
+            if per_source and len(per_source) < len(names):
+                raise ValueError(
+                    f"this state has {self.beams} decoder rows per source sentence, so its "
+                    f"per-source fields {per_source} have fewer rows than the others: reorder "
+                    "them apart (keep=state.per_source, then only=state.per_source)")
+        changes = {name: _select(getattr(self, name), index, self.batch_dim(name))
+                   for name in names}
         return dataclasses.replace(self, **changes)
 
 

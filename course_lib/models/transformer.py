@@ -142,21 +142,28 @@ class DecoderBlock(nn.Module):
 
     def forward(self, X: torch.Tensor, memory: torch.Tensor, src_valid_len: torch.Tensor | None,
                 past: KVCache | None = None, use_cache: bool = False,
-                memory_kv: KVCache | None = None,
+                memory_kv: KVCache | None = None, beams: int = 1,
                 ) -> tuple[torch.Tensor, KVCache | None, KVCache | None]:
         """Run the new decoder positions; returns (B, T_new, D) and the block's updated caches.
 
         Args:
-            X: (B, T_new, D) the new positions. memory: (B, T_src, D) encoder output.
-            src_valid_len: (B,) real source lengths: cross-attention ignores source padding.
+            X: (B, T_new, D) the new positions. memory: (B, T_src, D) encoder output, or
+                (B / beams, T_src, D): see ``beams``.
+            src_valid_len: (B,) real source lengths (or (B / beams,)): cross-attention ignores
+                source padding.
             past: self-attention keys and values (B, H, T_past, D/H) of earlier positions.
             use_cache: attend through ``past`` and return the grown cache, and project the
                 memory's keys/values once (``memory_kv``); else plain causal self-attention
                 over X alone (teacher forcing, uncached decoding).
             memory_kv: cross-attention keys and values (B, H, T_src, D/H) from an earlier step.
+            beams: rows of X per row of memory: rows s*beams .. s*beams + beams - 1 of X (beam
+                search's hypotheses of sentence s) all read memory row s.
         Returns (output, self-attention cache, memory keys/values); the caches are None
         without ``use_cache``.
         """
+        if memory.shape[0] * beams != X.shape[0]:
+            raise ValueError(f"X must have beams = {beams} rows per memory row: expected "
+                             f"{memory.shape[0] * beams} rows, got X {tuple(X.shape)}")
         new_cache = None
 
         def self_attend(h: torch.Tensor) -> torch.Tensor:
@@ -177,12 +184,27 @@ class DecoderBlock(nn.Module):
         def cross_attend(h: torch.Tensor) -> torch.Tensor:
             nonlocal memory_kv
             if not use_cache:
-                return self.cross_attention(h, memory, memory, src_valid_len)
+                if beams == 1:
+                    return self.cross_attention(h, memory, memory, src_valid_len)
+                rows = [None if t is None else t.repeat_interleave(beams, dim=0)
+                        for t in (memory, src_valid_len)]  # a memory row per row of h
+                return self.cross_attention(h, rows[0], rows[0], rows[1])
             mha = self.cross_attention
             if memory_kv is None:
                 memory_kv = (mha.split_heads(mha.W_k(memory)), mha.split_heads(mha.W_v(memory)))
-            keep = padding_mask(src_valid_len, memory.shape[1])[:, None, None, :]  # (B,1,1,T_src)
-            return mha.attend(mha.split_heads(mha.W_q(h)), *memory_kv, keep)
+            keep = padding_mask(src_valid_len, memory.shape[1])[:, None, None, :]  # (S,1,1,T_src)
+            q = mha.split_heads(mha.W_q(h))  # (B, H, T_new, D/H)
+            if beams == 1:
+                return mha.attend(q, *memory_kv, keep)
+            # The beams of sentence s are beams more queries on its one memory row:
+            # (S*beams, H, T_new, D/H) -> (S, H, beams*T_new, D/H), query w*T_new + t.
+            (B, H, T_new, d_head), S = q.shape, q.shape[0] // beams
+            q = q.view(S, beams, H, T_new, d_head).transpose(1, 2).reshape(S, H, -1, d_head)
+            out = mha.attend(q, *memory_kv, keep)  # (S, beams*T_new, D)
+            if mha.attention_weights is not None:  # back to one row per hypothesis
+                mha.attention_weights = (mha.attention_weights.view(S, H, beams, T_new, -1)
+                                         .transpose(1, 2).reshape(B, H, T_new, -1))
+            return out.view(B, T_new, -1)
 
         X = add_norm(X, self_attend, self.norm1, self.dropout, self.norm_first)
         X = add_norm(X, cross_attend, self.norm2, self.dropout, self.norm_first)
@@ -207,15 +229,24 @@ _POSITIONAL = {"sinusoidal": SinusoidalPositionalEncoding, "learned": LearnedPos
 
 @dataclasses.dataclass
 class TransformerState(DecoderState):
-    """What ``Transformer.decode`` carries from step to step (``offset`` is not reordered)."""
+    """What ``Transformer.decode`` carries from step to step (``offset`` is not reordered).
 
-    memory: torch.Tensor                # (B, T_src, D) encoder output
-    src_valid_len: torch.Tensor         # (B,)
+    B counts decoder rows and S source rows. After ``encode`` they are equal (``beams`` = 1).
+    Beam search runs ``beams`` hypotheses of each sentence in consecutive decoder rows, and
+    they share their sentence's one row of the per-source fields: its cross-attention reads
+    that memory with ``beams`` queries at once, rather than from ``beams`` copies of it, which
+    would have to be copied again every time the hypotheses are reordered.
+    """
+
+    memory: torch.Tensor                # (S, T_src, D) encoder output
+    src_valid_len: torch.Tensor         # (S,)
     cache: list[KVCache | None]         # per decoder layer: (keys, values) (B, H, T_past, D/H)
-    memory_kv: list[KVCache | None]     # per decoder layer: memory keys, values (B, H, T_src, D/H)
+    memory_kv: list[KVCache | None]     # per decoder layer: memory keys, values (S, H, T_src, D/H)
     past_tokens: torch.Tensor           # (B, T_past) decoder tokens so far (uncached decoding)
     offset: int = 0                     # number of positions decoded so far, T_past
+    beams: int = 1                      # decoder rows per source row (beam search), see below
     per_source: ClassVar[tuple[str, ...]] = ("memory", "src_valid_len", "memory_kv")
+    shares_sources: ClassVar[bool] = True
 
 
 class Transformer(EncoderDecoder):
@@ -275,7 +306,7 @@ class Transformer(EncoderDecoder):
         itself is never modified.
         """
         use_cache = self.use_cache if use_cache is None else use_cache
-        B = state.memory.shape[0]
+        B = state.memory.shape[0] * state.beams  # decoder rows
         if dec_input.dim() != 2 or dec_input.shape[0] != B:
             raise ValueError(f"dec_input must be (B, T_new) token ids with B = {B}, "
                              f"got shape {tuple(dec_input.shape)}")
@@ -291,7 +322,7 @@ class Transformer(EncoderDecoder):
         cache, memory_kv = [], []
         for block, past, kv in zip(self.decoder_blocks, state.cache, state.memory_kv, strict=True):
             X, layer_cache, layer_kv = block(X, state.memory, state.src_valid_len, past,
-                                             use_cache, kv)
+                                             use_cache, kv, state.beams)
             cache.append(layer_cache)
             memory_kv.append(layer_kv)
         features = self.decoder_norm(X[:, -T_new:])  # (B, T_new, D)
