@@ -70,10 +70,10 @@ class DecoderState:
         rows than the others, so they are reordered apart: ``keep=per_source`` for the decoder
         rows, ``only=per_source`` (with sentence indices) for them.
         """
-        keep = set(keep)
+        keep, only = set(keep), None if only is None else set(only)
         names = [field.name for field in dataclasses.fields(self)
                  if field.name != "batch_dims" and field.name not in keep
-                 and (only is None or field.name in set(only))]
+                 and (only is None or field.name in only)]
         if getattr(self, "beams", 1) > 1:
             per_source = [name for name in names if name in self.per_source]
             if per_source and len(per_source) < len(names):

@@ -155,7 +155,8 @@ class DecoderBlock(nn.Module):
             use_cache: attend through ``past`` and return the grown cache, and project the
                 memory's keys/values once (``memory_kv``); else plain causal self-attention
                 over X alone (teacher forcing, uncached decoding).
-            memory_kv: cross-attention keys and values (B, H, T_src, D/H) from an earlier step.
+            memory_kv: cross-attention keys and values (B / beams, H, T_src, D/H) from an
+                earlier step.
             beams: rows of X per row of memory: rows s*beams .. s*beams + beams - 1 of X (beam
                 search's hypotheses of sentence s) all read memory row s.
         Returns (output, self-attention cache, memory keys/values); the caches are None
@@ -244,7 +245,7 @@ class TransformerState(DecoderState):
     memory_kv: list[KVCache | None]     # per decoder layer: memory keys, values (S, H, T_src, D/H)
     past_tokens: torch.Tensor           # (B, T_past) decoder tokens so far (uncached decoding)
     offset: int = 0                     # number of positions decoded so far, T_past
-    beams: int = 1                      # decoder rows per source row (beam search), see below
+    beams: int = 1                      # decoder rows per source row (beam search), see above
     per_source: ClassVar[tuple[str, ...]] = ("memory", "src_valid_len", "memory_kv")
     shares_sources: ClassVar[bool] = True
 
