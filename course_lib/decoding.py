@@ -71,37 +71,65 @@ def _check_at_least(name: str, value: object, minimum: int) -> None:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
 
+def _padded_output(output: nn.Linear, multiple: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """The output layer's weight (V', D) and bias (V',), V rounded up to V' = a multiple of 16.
+
+    The extra rows have zero weights and bias -inf, so the extra logits are -inf: they never win
+    an argmax, get probability 0, and leave the log-softmax of the real tokens as it is. With
+    whole 64-byte rows of 16 floats, CPU kernels stop handling a ragged end in every row: on
+    this course's machine the (1,000 x 256) x (256 x V) product took 18 ms for the 3,356 tokens
+    of the French vocabulary and 14 ms for 3,360 (``docs/results.md``).
+    """
+    weight, bias = output.weight, output.bias  # (V, D), (V,) or None
+    V, D = weight.shape
+    extra = -V % multiple
+    if bias is None:
+        bias = weight.new_zeros(V)
+    if extra == 0:
+        return weight, bias
+    return (torch.cat([weight, weight.new_zeros(extra, D)]),
+            torch.cat([bias, bias.new_full((extra,), float("-inf"))]))
+
+
 class _Step:
-    """Runs one decoder step: the logits (R, V) of its new tokens and their log-softmax.
+    """Runs one decoder step: the logits (R, V') of its new tokens and their log-softmax.
 
     Both come back in buffers reused at every step: on CPU a fresh (R, V) tensor of many
     megabytes per step costs page faults. A model that keeps the interface's own ``decode``
     (the output layer on ``decode_features``) writes its logits straight into the buffer
-    (``EncoderDecoder.next_token_logits``); a model that overrides ``decode``, as lesson 01's
-    counting model does, is called through its ``decode``. The rows needed shrink as sentences
-    finish (greedy) or grow from B to K*B (beam search): the buffers grow when needed and a
-    step uses their first R rows.
+    (``EncoderDecoder.next_token_logits``), through an output layer padded to V' >= V columns
+    (``_padded_output``): columns V.. hold logits and log-probabilities of -inf, which no
+    argmax, sample or top-k among the finite ones picks. A model that overrides ``decode``, as
+    lesson 01's counting model does, is called through its ``decode`` (V' = V). The rows needed
+    shrink as sentences finish (greedy) or grow from B to K*B (beam search): the buffers grow
+    when needed and a step uses their first R rows.
     """
 
     def __init__(self, model: nn.Module):
         self.model = model
         self.buffered = (isinstance(model, EncoderDecoder)
                          and getattr(model.decode, "__func__", None) is EncoderDecoder.decode)
-        self.logits: torch.Tensor | None = None     # (rows, V) in the model's dtype
-        self.log_probs: torch.Tensor | None = None  # (rows, V) float32
+        self.output = _padded_output(model.output) if self.buffered else None
+        self.vocab_size: int | None = None          # V, the real tokens (set by each call)
+        self.logits: torch.Tensor | None = None     # (rows, V') in the model's dtype
+        self.log_probs: torch.Tensor | None = None  # (rows, V') float32
 
     def __call__(self, token: torch.Tensor, state):
-        """token (R, 1) -> logits (R, V), log-probabilities (R, V) float32, new state."""
+        """token (R, 1) -> logits (R, V'), log-probabilities (R, V') float32, new state."""
         R = token.shape[0]
         if self.buffered:
-            output = self.model.output
+            weight = self.output[0]
             if self.logits is None or self.logits.shape[0] < R:
-                self.logits = output.weight.new_empty(R, output.out_features)
-            logits, state = self.model.next_token_logits(token, state, out=self.logits[:R])
+                self.logits = weight.new_empty(R, weight.shape[0])
+            logits, state = self.model.next_token_logits(token, state, out=self.logits[:R],
+                                                         output=self.output)
+            self.vocab_size = self.model.output.out_features
         else:
             logits, state = self.model.decode(token, state)  # (R, 1, V)
             logits = logits[:, -1]
-        if self.log_probs is None or self.log_probs.shape[0] < R:
+            self.vocab_size = logits.shape[-1]
+        if (self.log_probs is None or self.log_probs.shape[0] < R
+                or self.log_probs.shape[1] != logits.shape[1]):
             self.log_probs = torch.empty(R, logits.shape[-1], dtype=torch.float32,
                                          device=logits.device)
         log_probs = torch.log_softmax(logits.float(), dim=-1, out=self.log_probs[:R])
@@ -110,8 +138,9 @@ class _Step:
 
 def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor,
                     max_len: int, bos: int, eos: int, pad: int,
-                    choose: Callable[[torch.Tensor], torch.Tensor]) -> DecodeResult:
-    """Shared loop of greedy and sampling: ``choose`` maps logits (R, V) to tokens (R,).
+                    choose: Callable[[torch.Tensor, int], torch.Tensor]) -> DecodeResult:
+    """Shared loop of greedy and sampling: ``choose(logits, V)`` maps logits (R, V') to tokens
+    (R,); columns V.. of the logits are the output layer's padding (``_Step``), -inf.
 
     Sentences that have emitted ``<eos>`` leave the batch (``state.reorder``), so later steps
     only compute the R sentences still running.
@@ -127,7 +156,7 @@ def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Te
         log_probs = torch.zeros(B, device=device)
         for t in range(max_len):
             logits, all_log_p, state = step(token, state)  # (R, V) each: the new token only
-            chosen = choose(logits.float())  # (R,)
+            chosen = choose(logits.float(), step.vocab_size)  # (R,)
             log_p = all_log_p.gather(1, chosen.unsqueeze(1)).squeeze(1)  # (R,)
             tokens[rows, t] = chosen
             log_probs[rows] += log_p
@@ -148,7 +177,7 @@ def greedy_decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tens
     """Most likely token at every step, for a batch of sources src (B, T_src), lengths (B,)."""
     _check_at_least("max_len", max_len, 1)
     return _token_by_token(model, src, src_valid_len, max_len, bos, eos, pad,
-                           lambda logits: logits.max(dim=-1).indices)  # argmax, 2x faster
+                           lambda logits, V: logits.max(dim=-1).indices)  # argmax, 2x faster
 
 
 def sample_decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor, *,
@@ -167,8 +196,10 @@ def sample_decode(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tens
     if top_k is not None:
         _check_at_least("top_k", top_k, 1)
 
-    def choose(logits: torch.Tensor) -> torch.Tensor:
-        logits = logits / temperature  # (B, V)
+    def choose(logits: torch.Tensor, V: int) -> torch.Tensor:
+        # Not the padding columns: torch.multinomial draws a random number per column, so
+        # they would change the sample a seed gives.
+        logits = logits[:, :V] / temperature  # (B, V)
         if top_k is not None and top_k < logits.shape[-1]:
             best, index = logits.topk(top_k, dim=-1)  # (B, k): exactly k survive, ties or not
             logits = torch.full_like(logits, float("-inf")).scatter(1, index, best)
@@ -242,14 +273,18 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
         step_once = _Step(model)
         for length in range(1, max_len + 1):
             S, W = live.shape
-            _, step, state = step_once(token, state)  # log-probabilities (S*W, V)
-            V = step.shape[-1]
-            # Every one-token extension of every live prefix, scored: (S, W*V). Each beam has
+            _, step, state = step_once(token, state)  # log-probabilities (S*W, V')
+            V, padded = step_once.vocab_size, step.shape[-1]  # tokens V, columns V' >= V
+            # Every one-token extension of every live prefix, scored: (S, W*V'). Each beam has
             # one <eos> extension, so the best 2K hold at least 2K - W >= K others.
-            candidates = step.view(S, W, V).add_(live.unsqueeze(-1)).view(S, W * V)
+            candidates = step.view(S, W, padded).add_(live.unsqueeze(-1)).view(S, W * padded)
             num_top = min(2 * K, W * V)
             top_scores, top_index = candidates.topk(num_top, dim=1)  # (S, num_top)
-            top_beam, top_token = top_index // V, top_index % V  # (S, num_top) each
+            top_beam, top_token = top_index // padded, top_index % padded  # (S, num_top) each
+            # A padding column (-inf) is picked only where fewer than num_top extensions are
+            # finite; such a hypothesis is dead (log p = -inf) and never finishes, but it still
+            # feeds its token to the model: give it a real one.
+            top_token = top_token.masked_fill_(top_token >= V, pad)
             is_eos = top_token == eos
             ends = is_eos[:, :K] & top_scores[:, :K].isfinite()  # <eos> among the best K
             if bool(ends.any()):  # one transfer to Python for all of this step's endings

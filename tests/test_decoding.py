@@ -9,6 +9,7 @@ import math
 import pytest
 import torch
 
+from course_lib import decoding
 from course_lib.data.generated import numbers_dataset
 from course_lib.data.translation import TranslationData
 from course_lib.data.vocab import Vocab
@@ -595,3 +596,35 @@ def test_per_source_fields_are_the_same_for_every_beam_of_a_sentence(name):
             tokens = torch.randint(3, TGT_V, (B * K, 1), generator=g)
             close(model.decode(tokens, kept)[0], model.decode(tokens, full)[0], atol=0)
             state = kept
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("impossible", [False, True])
+def test_padded_output_layer_changes_no_result(name, impossible, monkeypatch):
+    """The decoders pad the output layer to a multiple of 16 columns (bias -inf) for speed.
+    Greedy, beam search and sampling must give what they give without padding. With 5 tokens
+    of which 3 are impossible (logit -inf), beam search keeps dead hypotheses (log p = -inf)
+    whose extensions tie with the 11 padding columns: none may feed a padding id to the model."""
+    vocab = 5 if impossible else TGT_V
+    model, (src, valid) = make(name, tgt_vocab=vocab), make_source()
+    if impossible:  # only <eos> and token 4
+        with torch.no_grad():
+            model.output.bias[[PAD, BOS, 3]] = float("-inf")
+
+    def decode_all():
+        g = torch.Generator().manual_seed(3)
+        return [greedy_decode(model, src, valid, max_len=MAX_LEN),
+                beam_search(model, src, valid, beam_size=4, max_len=MAX_LEN, return_all=True),
+                sample_decode(model, src, valid, max_len=MAX_LEN, top_k=vocab, generator=g)]
+
+    padded = decode_all()
+    assert decoding._padded_output(model.output)[0].shape[0] == 16
+    monkeypatch.setattr(decoding, "_padded_output", lambda output: (output.weight, output.bias))
+    unpadded = decode_all()
+    for ours, plain in zip(padded, unpadded, strict=True):
+        assert torch.equal(ours.tokens, plain.tokens)
+        close(ours.log_probs, plain.log_probs)
+        if impossible:
+            assert set(ours.tokens.unique().tolist()) <= {PAD, EOS, 4}
+    assert [[h.tokens for h in pool] for pool in padded[1].hypotheses] == \
+        [[h.tokens for h in pool] for pool in unpadded[1].hypotheses]

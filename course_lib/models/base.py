@@ -31,6 +31,7 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 __all__ = ["DecoderState", "EncoderDecoder", "inference"]
 
@@ -120,23 +121,27 @@ class EncoderDecoder(nn.Module):
         return self.output(features), state
 
     def next_token_logits(self, dec_input: torch.Tensor, state: DecoderState, *,
-                          out: torch.Tensor | None = None) -> tuple[torch.Tensor, DecoderState]:
+                          out: torch.Tensor | None = None,
+                          output: tuple[torch.Tensor, torch.Tensor | None] | None = None,
+                          ) -> tuple[torch.Tensor, DecoderState]:
         """Logits (B, V) for the token after dec_input (B, T), and the new state.
 
         The same numbers as ``decode(dec_input, state)[0][:, -1]``, the output layer run on
         the last position only and, given ``out`` (B, V) of the logits' dtype, written there.
         Decoders pass one buffer for all their steps: on CPU a fresh tensor of many megabytes
         at every step comes from new pages of the operating system, and touching them can cost
-        as much as the matrix product that fills them.
+        as much as the matrix product that fills them. ``output`` = (weight (V', D), bias (V',)
+        or None) stands in for the output layer's own; the decoders pass one padded to more
+        columns (``course_lib.decoding``), and the logits (and ``out``) then have V' columns.
         """
         features, state = self.decode_features(dec_input, state)
         last = features[:, -1]  # (B, D)
+        weight, bias = (self.output.weight, self.output.bias) if output is None else output
         if out is None or out.dtype != last.dtype:  # e.g. under autocast: a fresh tensor
-            return self.output(last), state
-        weight, bias = self.output.weight.t(), self.output.bias  # (D, V), (V,)
+            return F.linear(last, weight, bias), state
         if bias is None:
-            return torch.mm(last, weight, out=out), state
-        return torch.addmm(bias, last, weight, out=out), state
+            return torch.mm(last, weight.t(), out=out), state
+        return torch.addmm(bias, last, weight.t(), out=out), state  # weight.t(): (D, V)
 
     def features(self, src: torch.Tensor, src_valid_len: torch.Tensor,
                  dec_input: torch.Tensor) -> torch.Tensor:
