@@ -347,3 +347,28 @@ def test_dropout_acts_in_training_only():
     close(mha.attention_weights.sum(-1), torch.ones(B, H, 5), atol=1e-6)  # kept before dropout
     mha.eval()
     assert torch.equal(mha(X, X, X), mha(X, X, X))
+
+
+@pytest.mark.parametrize("grad, T_q, T_k, fused", [
+    (True, 5, 5, True),       # training: the fused kernel's backward is faster
+    (False, 5, 5, False),     # an encoder at inference: two matrix products
+    (False, 1, 5, True),      # one query, a decoding step
+    (False, 5, 40, True),     # more keys than _MATMUL_MAX_KEYS
+])
+def test_use_sdpa_calls_the_fused_kernel_where_it_pays(grad, T_q, T_k, fused, monkeypatch):
+    """use_sdpa=True runs F.scaled_dot_product_attention only where it is faster on CPU, and
+    gives the same outputs (and no weights) either way."""
+    torch.manual_seed(0)
+    slow = MultiHeadAttention(D, H).eval()
+    fast = MultiHeadAttention(D, H, use_sdpa=True).eval()
+    fast.load_state_dict(slow.state_dict())
+    calls, sdpa = [], F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention",
+                        lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
+    queries, keys = torch.randn(B, T_q, D), torch.randn(B, T_k, D)
+    lens = torch.tensor([T_k, 2])
+    with torch.set_grad_enabled(grad):
+        out = fast(queries, keys, keys, lens)
+    assert bool(calls) == fused
+    close(out, slow(queries, keys, keys, lens), atol=1e-6)
+    assert fast.attention_weights is None
