@@ -155,7 +155,7 @@ def _token_by_token(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Te
         lengths = torch.zeros(B, dtype=torch.long, device=device)
         log_probs = torch.zeros(B, device=device)
         for t in range(max_len):
-            logits, all_log_p, state = step(token, state)  # (R, V) each: the new token only
+            logits, all_log_p, state = step(token, state)  # (R, V') each: the new token only
             chosen = choose(logits.float(), step.vocab_size)  # (R,)
             log_p = all_log_p.gather(1, chosen.unsqueeze(1)).squeeze(1)  # (R,)
             tokens[rows, t] = chosen
