@@ -628,3 +628,19 @@ def test_padded_output_layer_changes_no_result(name, impossible, monkeypatch):
             assert set(ours.tokens.unique().tolist()) <= {PAD, EOS, 4}
     assert [[h.tokens for h in pool] for pool in padded[1].hypotheses] == \
         [[h.tokens for h in pool] for pool in unpadded[1].hypotheses]
+
+
+@pytest.mark.parametrize("name", ["gru", "transformer"])
+def test_decoders_ignore_a_shift_of_every_logit(name):
+    """Softmax ignores a constant added to every logit, so the decoders must too, even one of
+    -20,000 that puts every real logit below any finite stand-in for the padding's -inf."""
+    model, (src, valid) = make(name), make_source()
+    plain = [greedy_decode(model, src, valid, max_len=MAX_LEN),
+             beam_search(model, src, valid, beam_size=3, max_len=MAX_LEN)]
+    with torch.no_grad():
+        model.output.bias -= 20_000.0
+    shifted = [greedy_decode(model, src, valid, max_len=MAX_LEN),
+               beam_search(model, src, valid, beam_size=3, max_len=MAX_LEN)]
+    for a, b in zip(plain, shifted, strict=True):
+        assert torch.equal(a.tokens, b.tokens)
+        close(a.log_probs, b.log_probs, atol=0.05)  # float32 logits near -20,000: steps of 0.002
