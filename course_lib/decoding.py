@@ -110,7 +110,8 @@ class _Step:
         self.buffered = (isinstance(model, EncoderDecoder)
                          and getattr(model.decode, "__func__", None) is EncoderDecoder.decode)
         self.output = _padded_output(model.output) if self.buffered else None
-        self.vocab_size: int | None = None          # V, the real tokens (set by each call)
+        # V, the real tokens: the output layer's width, else known from the first logits
+        self.vocab_size = model.output.out_features if self.buffered else None
         self.logits: torch.Tensor | None = None     # (rows, V') in the model's dtype
         self.log_probs: torch.Tensor | None = None  # (rows, V') float32
 
@@ -123,7 +124,6 @@ class _Step:
                 self.logits = weight.new_empty(R, weight.shape[0])
             logits, state = self.model.next_token_logits(token, state, out=self.logits[:R],
                                                          output=self.output)
-            self.vocab_size = self.model.output.out_features
         else:
             logits, state = self.model.decode(token, state)  # (R, 1, V)
             logits = logits[:, -1]
