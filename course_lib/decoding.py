@@ -110,7 +110,7 @@ class _Step:
         self.buffered = (isinstance(model, EncoderDecoder)
                          and getattr(model.decode, "__func__", None) is EncoderDecoder.decode)
         self.output = _padded_output(model.output) if self.buffered else None
-        # V, the real tokens: the output layer's width, else known from the first logits
+        # V, the real tokens: the output layer's width, else the width of each step's logits
         self.vocab_size = model.output.out_features if self.buffered else None
         self.logits: torch.Tensor | None = None     # (rows, V') in the model's dtype
         self.log_probs: torch.Tensor | None = None  # (rows, V') float32
