@@ -20,6 +20,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from course_lib.dropout import Dropout
 from course_lib.masking import attention_mask, combine_masks, masked_softmax, to_sdpa_mask
 
 __all__ = [
@@ -109,7 +110,7 @@ class DotProductAttention(nn.Module):
 
     def __init__(self, dropout: float = 0.0):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -155,7 +156,7 @@ class AdditiveAttention(nn.Module):
         self.W_q = nn.Linear(self.query_size, num_hiddens, bias=False)
         self.W_k = nn.Linear(self.key_size, num_hiddens, bias=False)
         self.w_v = nn.Linear(num_hiddens, 1, bias=False)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -219,7 +220,7 @@ class MultiHeadAttention(nn.Module):
         self.W_k = nn.Linear(d_model, d_model, bias=bias)
         self.W_v = nn.Linear(d_model, d_model, bias=bias)
         self.W_o = nn.Linear(d_model, d_model, bias=bias)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -365,7 +366,7 @@ class SinusoidalPositionalEncoding(nn.Module):
     def __init__(self, d_model: int, dropout: float = 0.0, max_len: int = 1000):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
         # Not persistent: it is a function of the shape, so checkpoints need not carry it.
         self.register_buffer("P", sinusoidal_table(max_len, d_model).unsqueeze(0),
                              persistent=False)  # (1, max_len, D)
@@ -387,7 +388,7 @@ class LearnedPositionalEncoding(nn.Module):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
         self.embedding = nn.Embedding(max_len, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, X: torch.Tensor, offset: int = 0) -> torch.Tensor:
         """Return dropout(X + E[positions]) for positions offset..offset+T-1.

@@ -45,6 +45,7 @@ from torch.nn import functional as F
 from course_lib.attention import MultiHeadAttention, SinusoidalPositionalEncoding
 from course_lib.data.batching import Batch
 from course_lib.decoding import DecodeResult
+from course_lib.dropout import Dropout
 from course_lib.losses import masked_cross_entropy
 from course_lib.masking import padding_mask
 from course_lib.models.base import inference
@@ -125,7 +126,7 @@ class NATDecoderBlock(nn.Module):
         self.cross_attention = MultiHeadAttention(c.d_model, c.num_heads, c.dropout)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, X: torch.Tensor, tgt_valid_len: torch.Tensor, memory: torch.Tensor,
                 src_valid_len: torch.Tensor) -> torch.Tensor:

@@ -38,6 +38,7 @@ from course_lib.attention import (
     MultiHeadAttention,
     SinusoidalPositionalEncoding,
 )
+from course_lib.dropout import Dropout
 from course_lib.masking import causal_mask, padding_mask
 from course_lib.models.base import DecoderState, EncoderDecoder
 
@@ -91,13 +92,13 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(X))))  # (B, T, D)
 
 
-def add_norm(X: torch.Tensor, sublayer, norm: nn.LayerNorm, dropout: nn.Dropout,
+def add_norm(X: torch.Tensor, sublayer, norm: nn.LayerNorm, dropout: nn.Module,
               norm_first: bool) -> torch.Tensor:
     """Residual connection: post-LN norm(X + f(X)), or pre-LN X + f(norm(X))."""
     if norm_first:
@@ -116,7 +117,7 @@ class EncoderBlock(nn.Module):
                                                  use_sdpa=c.use_sdpa)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, X: torch.Tensor, valid_lens: torch.Tensor | None = None) -> torch.Tensor:
         """X (B, T_src, D), valid_lens (B,) real source lengths; returns (B, T_src, D)."""
@@ -138,7 +139,7 @@ class DecoderBlock(nn.Module):
                                                   use_sdpa=c.use_sdpa)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.dropout = nn.Dropout(c.dropout)
+        self.dropout = Dropout(c.dropout)
 
     def forward(self, X: torch.Tensor, memory: torch.Tensor, src_valid_len: torch.Tensor | None,
                 past: KVCache | None = None, use_cache: bool = False,
@@ -218,7 +219,7 @@ class _NoPositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, dropout: float = 0.0, max_len: int = 0):
         super().__init__()
-        self.dropout = nn.Dropout(dropout)
+        self.dropout = Dropout(dropout)
 
     def forward(self, X: torch.Tensor, offset: int = 0) -> torch.Tensor:
         return self.dropout(X)

@@ -1,0 +1,88 @@
+"""course_lib.dropout.Dropout behaves as torch.nn.Dropout: the same distribution, modes and gradient."""
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from course_lib.dropout import Dropout
+from course_lib.models.nat import NATConfig, NATransformer
+from course_lib.models.transformer import Transformer, TransformerConfig
+
+N = 200_000
+
+
+def within(observed: float, expected: float, sigma: float, k: float = 5.0) -> bool:
+    return abs(observed - expected) <= k * sigma
+
+
+@pytest.mark.parametrize("p", [0.1, 0.5, 0.8])
+def test_each_entry_is_kept_with_probability_1_minus_p_and_scaled(p):
+    torch.manual_seed(0)
+    X = torch.rand(N) + 0.5  # no zeros of its own
+    for module in (Dropout(p), nn.Dropout(p)):  # the reference must pass the same checks
+        out = module.train()(X)
+        kept = out != 0
+        assert torch.allclose(out[kept], X[kept] / (1 - p))  # kept entries scaled by 1/(1-p)
+        fraction = kept.float().mean().item()
+        assert within(fraction, 1 - p, math.sqrt(p * (1 - p) / N)), (type(module), fraction)
+        # The expected value of every entry is kept: the mean of out / X is 1.
+        ratio = (out / X).mean().item()
+        assert within(ratio, 1.0, math.sqrt(p / (1 - p) / N)), (type(module), ratio)
+
+
+def test_entries_are_dropped_independently_and_afresh_each_call():
+    p = 0.3
+    torch.manual_seed(1)
+    drop = Dropout(p).train()
+    X = torch.ones(N // 2, 2)
+    first, second = drop(X) != 0, drop(X) != 0
+    both = (first[:, 0] & first[:, 1]).float().mean().item()  # neighbours kept together
+    assert within(both, (1 - p) ** 2, math.sqrt((1 - p) ** 2 * (1 - (1 - p) ** 2) / (N // 2)))
+    again = (first == second).float().mean().item()  # two calls agree as often as chance says
+    chance = (1 - p) ** 2 + p ** 2
+    assert within(again, chance, math.sqrt(chance * (1 - chance) / N))
+
+
+def test_a_seed_repeats_the_mask():
+    X = torch.ones(1000)
+    torch.manual_seed(7)
+    first = Dropout(0.5).train()(X)
+    torch.manual_seed(7)
+    assert torch.equal(Dropout(0.5).train()(X), first)
+
+
+def test_eval_mode_and_p_zero_change_nothing_and_p_one_zeroes():
+    X = torch.randn(4, 5)
+    assert Dropout(0.5).eval()(X) is X
+    assert Dropout(0.0).train()(X) is X
+    assert torch.equal(Dropout(1.0).train()(X), torch.zeros(4, 5))
+    Y = X.clone()
+    out = Dropout(0.5, inplace=True).train()(Y)  # in place, as nn.Dropout does it
+    assert out.data_ptr() == Y.data_ptr()
+    assert set(torch.unique(out / X).tolist()) <= {0.0, 2.0}
+
+
+def test_bad_p_is_rejected_as_nn_dropout_rejects_it():
+    with pytest.raises(ValueError, match="probability"):
+        Dropout(1.5)
+
+
+def test_gradient_passes_through_kept_entries_only_scaled():
+    p = 0.25
+    torch.manual_seed(2)
+    X = (torch.rand(10_000) + 0.5).requires_grad_()
+    out = Dropout(p).train()(X)
+    out.backward(torch.full_like(out, 3.0))
+    kept = (out != 0).float()
+    assert torch.allclose(X.grad, 3.0 * kept / (1 - p))
+
+
+def test_the_course_transformers_use_it():
+    """Every dropout module of the Transformer and the NAT is this one (so they get its speed)."""
+    models = [Transformer(TransformerConfig.tiny(11, 13)),
+              NATransformer(NATConfig.tiny(11, 13))]
+    for model in models:
+        drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
+        assert drops and all(type(m) is Dropout for m in drops), type(model)
