@@ -1,4 +1,4 @@
-"""course_lib.dropout.Dropout behaves as torch.nn.Dropout: the same distribution, modes and gradient."""
+"""course_lib.dropout.Dropout acts as torch.nn.Dropout: distribution, modes and gradient."""
 
 import math
 
