@@ -7,7 +7,9 @@ its mask on CPU with ``bernoulli_``, which is slow there: for a (128, 10, 256) a
 float32 uniform per entry and keeping the entries where it is >= p is the same distribution
 (P(keep) = 1 - p, to within the uniform's 2^-24 steps) and took 1.1 ms. A Transformer training
 step calls dropout about twenty times, and the course's Transformer trains about 13% faster
-with this class (``docs/results.md``). On other devices torch's own kernel runs.
+with this class (``docs/results.md``). The price: autograd keeps the float mask for the backward
+pass, 4 bytes per entry where torch keeps 1. On other devices and dtypes, and in place, torch's
+own kernel runs.
 
     from course_lib.dropout import Dropout
     drop = Dropout(0.1)   # a drop-in nn.Dropout: same argument, same state, same modes
@@ -27,7 +29,8 @@ class Dropout(nn.Dropout):
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0.0:
             return X
-        if self.p == 1.0 or self.inplace or X.device.type != "cpu":
+        if (self.p == 1.0 or self.inplace or X.device.type != "cpu"
+                or X.dtype != torch.float32):  # half-precision uniforms step too coarsely
             return super().forward(X)
         keep = torch.rand_like(X)  # (same shape as X) uniform in [0, 1)
         keep.ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 1 / (1 - p) where kept, 0 where dropped

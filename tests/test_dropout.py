@@ -64,6 +64,14 @@ def test_eval_mode_and_p_zero_change_nothing_and_p_one_zeroes():
     assert set(torch.unique(out / X).tolist()) <= {0.0, 2.0}
 
 
+def test_other_dtypes_go_through_torch_and_keep_their_dtype():
+    X = torch.ones(10_000, dtype=torch.bfloat16)
+    torch.manual_seed(3)
+    out = Dropout(0.5).train()(X)
+    torch.manual_seed(3)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, nn.Dropout(0.5).train()(X))
+
+
 def test_bad_p_is_rejected_as_nn_dropout_rejects_it():
     with pytest.raises(ValueError, match="probability"):
         Dropout(1.5)
