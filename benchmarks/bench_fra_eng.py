@@ -16,7 +16,7 @@ SCORES: sacreBLEU corpus BLEU against the single reference of each test pair,
 Both signatures are printed.
 
 MODELS (``RECIPES``): d2l's GRU seq2seq and Transformer as the book builds and trains them
-(``course_lib.d2l_book``: d2l's encoders, the book's decoders, the book's masked loss,
+(``benchmarks/d2l_book.py``: d2l's encoders, the book's decoders, the book's masked loss,
 hyperparameters, fixed-length batches and ``predict_step`` greedy decoding), on the first
 20,000 pairs of the pool with ``num_steps`` 12; and the course's GRU, Bahdanau and Transformer
 models trained the way the course teaches (bucketed batches, label smoothing, warmup, beam
@@ -44,8 +44,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_FRA, machine, print_table, write_csv  # noqa: E402
+from d2l_book import book_train_step, d2l_seq2seq_gru, d2l_transformer  # noqa: E402
 
-from course_lib.d2l_book import book_train_step, d2l_seq2seq_gru, d2l_transformer  # noqa: E402
 from course_lib.data.fra_eng import benchmark_splits, load_fra_eng_pairs  # noqa: E402
 from course_lib.data.splits import PairSplits  # noqa: E402
 from course_lib.data.text import tokenize  # noqa: E402

@@ -1,7 +1,7 @@
 """The course's Transformer against d2l's, side by side: training tokens/s and decoding speed.
 
 d2l's side is the book's model: d2l's ``TransformerEncoder`` with the book's decoder
-(``course_lib.d2l_book``), the book's hyperparameters (256 wide, 2 blocks, 4 heads, FFN 64,
+(``benchmarks/d2l_book.py``), the book's hyperparameters (256 wide, 2 blocks, 4 heads, FFN 64,
 dropout 0.2, Adam lr 0.0015, gradient clipping at 1, batches of 128, ``num_steps`` 12) and the
 book's masked loss. The course's side is ``course_lib.models.transformer.Transformer`` of the
 same size (``use_sdpa=True``), trained with the same optimiser, clipping and loss value
@@ -43,8 +43,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, SHARED_FRA, machine, median, print_table, side_by_side, write_csv  # noqa: E402
+from d2l_book import book_train_step, d2l_transformer  # noqa: E402
 
-from course_lib.d2l_book import book_train_step, d2l_transformer  # noqa: E402
 from course_lib.data.batching import BatchLoader  # noqa: E402
 from course_lib.data.fra_eng import fra_eng_dataset  # noqa: E402
 from course_lib.data.generated import numbers_dataset  # noqa: E402

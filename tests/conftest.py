@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+# The book's decoders (d2l_book.py) are references, not course code: they live beside the
+# benchmarks that use them, and tests import them from there (`from d2l_book import ...`).
+sys.path.append(str(ROOT / "benchmarks"))
 
 
 def shared_dir() -> Path:

@@ -1,8 +1,8 @@
-"""The book's decoders written from its description (course_lib.d2l_book) behave as the book's."""
+"""The book's decoders, written from its description (benchmarks/d2l_book.py), behave as the
+book's."""
 
 import torch
-
-from course_lib.d2l_book import d2l_seq2seq_gru, d2l_transformer
+from d2l_book import d2l_seq2seq_gru, d2l_transformer
 
 
 def step_by_step(model, src, src_valid_len, dec_input):
@@ -91,8 +91,9 @@ def test_book_loss_is_the_books_masked_loss_not_the_packages():
     """The book (section 10.7) masks padding out of ``Seq2Seq.loss``; the d2l 1.0.3 package's
     ``Seq2Seq.loss`` is the plain mean over all positions. ``book_loss`` is the book's: equal
     to the package's loss on a batch with no padding, different once there is padding."""
+    from d2l_book import book_loss
+
     from course_lib.compat import load_d2l
-    from course_lib.d2l_book import book_loss
 
     d2l = load_d2l()
     package = d2l.Seq2Seq(encoder=None, decoder=None, tgt_pad=0, lr=0.1)
@@ -111,7 +112,7 @@ def test_book_loss_is_the_books_masked_loss_not_the_packages():
 def test_book_train_step_is_the_books_loss_clipped_then_one_step():
     from types import SimpleNamespace
 
-    from course_lib.d2l_book import book_loss, book_train_step
+    from d2l_book import book_loss, book_train_step
 
     torch.manual_seed(0)
     model = d2l_transformer(30, 40, dropout=0.0)

@@ -5,9 +5,9 @@ import random
 
 import pytest
 import torch
+from d2l_book import make_seq2seq_decoder
 from torch import nn
 
-from course_lib.d2l_book import make_seq2seq_decoder
 from course_lib.data.batching import encode_pairs
 from course_lib.data.vocab import Vocab
 from course_lib.losses import masked_cross_entropy

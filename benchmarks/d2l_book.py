@@ -3,9 +3,10 @@
 Dive into Deep Learning defines its RNN decoder (``Seq2SeqDecoder``) and its Transformer decoder
 (``TransformerDecoderBlock``, ``TransformerDecoder``) only in the book's notebooks; ``d2l.torch``
 1.0.3 has the encoders (``Seq2SeqEncoder``, ``TransformerEncoder``) but not these. They are
-written here from the book's description, using d2l's own building blocks, so that benchmarks
-and lessons can run "d2l's model" as a reader of the book would. They are references, not the
-course's models: see ``course_lib.models`` for those.
+written here from the book's description, using d2l's own building blocks, so that the
+benchmarks (and the tests that compare against them) can run "d2l's model" as a reader of the
+book would. They are references, not the course's models: see ``course_lib.models`` for those,
+and so they live beside the benchmarks rather than in the student library.
 
 Two behaviours of the book's Transformer decoder matter when comparing:
 
