@@ -1,5 +1,6 @@
-"""course_lib.grading.verdicts: which parts of an assert are recorded, how values travel as
-plain data, and how the grader judges a test cell from the records."""
+"""course_lib.grading.instrument, .recorder and .verdicts: which parts of an assert are
+recorded, how values travel as plain data, and how the grader judges a test cell from the
+records."""
 
 from __future__ import annotations
 
@@ -11,14 +12,8 @@ import numpy as np
 import pytest
 import torch
 
-from course_lib.grading.verdicts import (
-    RECORDER,
-    RECORDS_FILE,
-    instrument,
-    judge,
-    pure_helpers,
-    read_records,
-)
+from course_lib.grading.instrument import instrument, pure_helpers
+from course_lib.grading.verdicts import RECORDER, RECORDS_FILE, judge, read_records
 
 
 def checks(source: str) -> list[str]:

@@ -2,7 +2,7 @@
 in place of nbgrader's ``Execute`` preprocessor.
 
 For one notebook of an assignment, ``TestPlans`` holds the trusted test cells (from the source
-notebook) rewritten by ``verdicts.instrument``, and the checks recorded by a run of the solution
+notebook) rewritten by ``instrument.instrument``, and the checks recorded by a run of the solution
 notebook: the sequence each student's run must repeat. ``execute`` runs a notebook under
 ``sandbox.run_notebook`` (fresh folder with only the submission's files, no network, grader's
 files hidden, an unprivileged uid, rlimits, timeouts, capped output) and collects the records;
@@ -26,17 +26,9 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 
 from course_lib.grading import cells
 from course_lib.grading.course import CELL_TIMEOUT, GradingError
+from course_lib.grading.instrument import CellPlan, instrument, pure_helpers
 from course_lib.grading.sandbox import NOBODY, Fault, Limits, run_notebook
-from course_lib.grading.verdicts import (
-    RECORDER,
-    RECORDS_FILE,
-    CellPlan,
-    CellVerdict,
-    instrument,
-    judge,
-    pure_helpers,
-    read_records,
-)
+from course_lib.grading.verdicts import RECORDER, RECORDS_FILE, CellVerdict, judge, read_records
 
 __all__ = ["GRADING_LIMITS", "Execution", "SandboxedExecute", "TestPlans", "apply_verdicts",
            "execute", "grading_context", "judge_execution", "restore_trusted_cells"]

@@ -51,6 +51,7 @@ import nbformat
 from nbformat import NotebookNode
 
 from course_lib.grading import cells
+from course_lib.grading.recorder import NAME_PREFIX, RECORDER_NAME, RECORDS_MARK
 
 __all__ = ["Finding", "Policy", "check_notebook", "check_submission", "load_policy"]
 
@@ -85,8 +86,8 @@ _NAME_TAKING = {"getattr", "setattr", "delattr", "hasattr"}
 _FRAME_ACCESS = {"sys._getframe", "sys._current_frames", "inspect.currentframe", "inspect.stack",
                  "inspect.getouterframes", "inspect.trace", "gc.get_referrers",
                  "gc.get_objects", "globals"}
-# The grader's recorder in the sandbox (verdicts.py): not for students to touch.
-_RECORDER_MARKS = ("__course_verdict__", "course-verdicts")
+# The grader's recorder in the sandbox (recorder.py): not for students to touch.
+_RECORDER_MARKS = (RECORDER_NAME, RECORDS_MARK)
 
 
 @dataclass(frozen=True)
@@ -412,7 +413,7 @@ class _Checker(ast.NodeVisitor):
     def visit_Name(self, node: ast.Name) -> None:
         if node.id in ("__builtins__", "builtins"):
             self.found.append(("interpreter-hook", f"uses {node.id}"))
-        if node.id.startswith("__course"):
+        if node.id.startswith(NAME_PREFIX):
             self.found.append(("patch", "names the grader's recorder"))
         if node.id == "globals" or node.id == "__main__":
             self.found.append(("interpreter-hook", f"uses {node.id}, which reaches the test's "
