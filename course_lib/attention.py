@@ -1,4 +1,4 @@
-"""Attention: scaled dot-product, additive (Bahdanau), multi-head, and positional encodings.
+"""Attention: scaled dot-product, additive (Bahdanau), multi-head, and a key/value cache.
 
 # B batch · T time (T_q queries, T_k keys) · H heads · D model width · D_v value width
 
@@ -10,23 +10,34 @@ attention weights in ``attention_weights`` so that lessons can plot them::
     mha = MultiHeadAttention(d_model=32, num_heads=4)
     Y = mha(X, X, X, mask=causal_mask(X.shape[1]))  # (B, T, 32)
     mha.attention_weights                           # (B, 4, T, T)
+
+Positional encodings are in ``course_lib.positional`` (re-exported here).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from course_lib.dropout import Dropout
 from course_lib.masking import attention_mask, combine_masks, masked_softmax, to_sdpa_mask
+
+# Positional encodings live in their own module (lesson 10); lessons and homework that
+# import them from here keep working.
+from course_lib.positional import (
+    LearnedPositionalEncoding,
+    SinusoidalPositionalEncoding,
+    sinusoidal_table,
+)
 
 __all__ = [
     "scaled_dot_product",
     "DotProductAttention",
     "AdditiveAttention",
+    "KVCache",
     "MultiHeadAttention",
     "copy_weights_from_torch",
     "copy_weights_to_torch",
@@ -110,7 +121,7 @@ class DotProductAttention(nn.Module):
 
     def __init__(self, dropout: float = 0.0):
         super().__init__()
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -156,7 +167,7 @@ class AdditiveAttention(nn.Module):
         self.W_q = nn.Linear(self.query_size, num_hiddens, bias=False)
         self.W_k = nn.Linear(self.key_size, num_hiddens, bias=False)
         self.w_v = nn.Linear(num_hiddens, 1, bias=False)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
@@ -187,26 +198,39 @@ class AdditiveAttention(nn.Module):
 # ---------------------------------------------------------------------------------------------
 # Multi-head attention: H scaled dot-products side by side on D/H-wide slices.
 
-# F.scaled_dot_product_attention's fused CPU kernel pays a fixed cost per (sentence, head). For
-# several queries over a few keys without autograd (an encoder, or beam search's cross-attention,
-# at inference) two batched matrix products beat it: 2.3x for 1,000 sentences of 7 tokens, 4
-# heads, on this course's machine. With autograd (training), for one query (a decoding step) or
-# over more keys the fused kernel is as fast or faster (docs/results.md).
-_MATMUL_MAX_KEYS = 32
+@dataclasses.dataclass
+class KVCache:
+    """Projected keys and values (B, H, T, D/H) that one attention layer keeps between decoding
+    steps, so that each step projects only its new tokens.
 
+    Self-attention appends the new positions' keys and values at every step. Cross-attention
+    reads the encoder memory, which never changes: with ``frozen=True`` the memory is
+    projected once, at the first step, and the same keys and values serve every later step.
+    """
 
-def _fused_kernel_pays(q: torch.Tensor, k: torch.Tensor) -> bool:
-    """Whether ``use_sdpa`` should call the fused kernel for queries q and keys k (..., T, d)."""
-    return (q.device.type != "cpu" or torch.is_grad_enabled() or q.shape[-2] == 1
-            or k.shape[-2] > _MATMUL_MAX_KEYS)
+    keys: torch.Tensor | None = None    # (B, H, T_past, D/H)
+    values: torch.Tensor | None = None  # (B, H, T_past, D/H)
+    frozen: bool = False
+
+    @property
+    def length(self) -> int:
+        """Number of positions cached so far, T_past."""
+        return 0 if self.keys is None else self.keys.shape[2]
+
+    def update(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Add the new positions' k, v (B, H, T_new, D/H); return all keys and values so far."""
+        if self.keys is not None:  # torch.cat makes new tensors: older copies stay valid
+            k = torch.cat([self.keys, k], dim=2)  # (B, H, T_past + T_new, D/H)
+            v = torch.cat([self.values, v], dim=2)
+        self.keys, self.values = k, v
+        return k, v
 
 
 class MultiHeadAttention(nn.Module):
     """H attention heads in parallel, each on its own D/H-wide slice of projected q, k and v.
 
-    With ``use_sdpa=True`` the core runs in ``F.scaled_dot_product_attention`` (fused, faster)
-    where that pays (``_fused_kernel_pays``); it keeps no weights: ``attention_weights`` is
-    then None.
+    With ``use_sdpa=True`` the core runs in the fused ``F.scaled_dot_product_attention``
+    (faster, the same numbers to rounding); it keeps no weights: ``attention_weights`` is None.
     """
 
     def __init__(self, d_model: int, num_heads: int, dropout: float = 0.0, bias: bool = True,
@@ -220,12 +244,12 @@ class MultiHeadAttention(nn.Module):
         self.W_k = nn.Linear(d_model, d_model, bias=bias)
         self.W_v = nn.Linear(d_model, d_model, bias=bias)
         self.W_o = nn.Linear(d_model, d_model, bias=bias)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
         self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 valid_lens: torch.Tensor | None = None, *, mask: torch.Tensor | None = None,
-                need_weights: bool = True) -> torch.Tensor:
+                cache: KVCache | None = None, need_weights: bool = True) -> torch.Tensor:
         """Attend from queries to keys (self-attention: all three the same); returns (B, T_q, D).
 
         Args:
@@ -233,41 +257,38 @@ class MultiHeadAttention(nn.Module):
             valid_lens: (B,) or (B, T_q) number of keys each query may see (d2l's semantics).
             mask: keep-mask (T_q, T_k) (e.g. ``causal_mask``), (B, T_q, T_k), or anything
                 broadcastable to (B, H, T_q, T_k), e.g. key padding as (B, 1, 1, T_k).
+            cache: keys and values of earlier decoding steps (``KVCache``). The queries then
+                attend to T_k = T_past + T_new keys, and masks and lengths count all of them.
             need_weights: keep (B, H, T_q, T_k) weights in ``attention_weights``.
         """
         _check_qkv(queries, keys, values)
         for name, t in (("queries", queries), ("keys", keys), ("values", values)):
             _check_width(name, t, self.d_model, "(B, T, d_model)")
-        (B, T_q, _), T_k = queries.shape, keys.shape[1]
-        keep = self._keep_mask(valid_lens, mask, B, T_q, T_k)  # broadcasts to (B, H, T_q, T_k)
-
         q = self.split_heads(self.W_q(queries))  # (B, H, T_q, D/H)
-        k = self.split_heads(self.W_k(keys))  # (B, H, T_k, D/H)
-        v = self.split_heads(self.W_v(values))  # (B, H, T_k, D/H)
-        return self.attend(q, k, v, keep, need_weights=need_weights)
+        if cache is not None and cache.frozen and cache.keys is not None:
+            k, v = cache.keys, cache.values  # the memory, projected at an earlier step
+        else:
+            k = self.split_heads(self.W_k(keys))  # (B, H, T_k, D/H)
+            v = self.split_heads(self.W_v(values))  # (B, H, T_k, D/H)
+            if cache is not None:
+                k, v = cache.update(k, v)  # (B, H, T_past + T_k, D/H)
+        (B, H, T_q, d_head), T_k = q.shape, k.shape[2]
+        keep = self._keep_mask(valid_lens, mask, B, T_q, T_k)  # broadcasts to (B, H, T_q, T_k)
+        if self.use_sdpa:
+            p = self.dropout.p if self.training else 0.0
+            attn_mask = None if keep is None else to_sdpa_mask(keep)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
+            self.attention_weights = None
+        else:
+            out, weights = scaled_dot_product(q, k, v, keep, self.dropout)  # (B, H, T_q, D/H)
+            self.attention_weights = weights if need_weights else None
+        out = out.transpose(1, 2).reshape(B, T_q, H * d_head)  # (B, T_q, H, D/H) -> (B, T_q, D)
+        return self.W_o(out)
 
     def split_heads(self, X: torch.Tensor) -> torch.Tensor:
         """(B, T, D) projected inputs -> (B, H, T, D/H): each head gets its own slice."""
         B, T, D = X.shape
         return X.view(B, T, self.num_heads, D // self.num_heads).transpose(1, 2)
-
-    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-               keep: torch.Tensor | None = None, *, need_weights: bool = True) -> torch.Tensor:
-        """Attention of already split heads q (B, H, T_q, D/H) over k, v (B, H, T_k, D/H),
-        heads merged and projected by W_o: (B, T_q, D). Used by ``forward`` and by decoders
-        that cache k and v."""
-        B, H, T_q, d_head = q.shape
-        weights = None
-        if self.use_sdpa and _fused_kernel_pays(q, k):
-            attn_mask = None if keep is None else to_sdpa_mask(keep)
-            p = self.dropout.p if self.training else 0.0
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=p)
-        else:
-            out, weights = scaled_dot_product(q, k, v, keep, self.dropout)  # (B, H, T_q, D/H)
-        # use_sdpa keeps no weights, whichever kernel ran: the same behaviour on every input.
-        self.attention_weights = weights if need_weights and not self.use_sdpa else None
-        out = out.transpose(1, 2).reshape(B, T_q, H * d_head)  # (B, T_q, H, D/H) -> (B, T_q, D)
-        return self.W_o(out)
 
     def _keep_mask(self, valid_lens: torch.Tensor | None, mask: torch.Tensor | None,
                    B: int, T_q: int, T_k: int) -> torch.Tensor | None:
@@ -331,71 +352,3 @@ def copy_weights_to_torch(ours: MultiHeadAttention,
         theirs.in_proj_bias.copy_(torch.cat([linear.bias for linear in projections]))
         theirs.out_proj.bias.copy_(ours.W_o.bias)
     return theirs
-
-
-# ---------------------------------------------------------------------------------------------
-# Positional encodings: attention alone ignores order, so add where each token sits.
-
-def sinusoidal_table(max_len: int, d_model: int) -> torch.Tensor:
-    """The (max_len, d_model) table P[pos, 2i] = sin(pos / 10000^(2i/D)), P[pos, 2i+1] = cos."""
-    if max_len <= 0 or d_model <= 0:
-        raise ValueError(f"max_len and d_model must be > 0, got max_len={max_len}, "
-                         f"d_model={d_model}")
-    positions = torch.arange(max_len, dtype=torch.float32).unsqueeze(1)  # (max_len, 1)
-    wavelengths = torch.pow(10000, torch.arange(0, d_model, 2, dtype=torch.float32) / d_model)
-    angles = positions / wavelengths  # (max_len, ceil(D/2))
-    table = torch.zeros(max_len, d_model)
-    table[:, 0::2] = torch.sin(angles)
-    table[:, 1::2] = torch.cos(angles[:, : d_model // 2])  # odd D: the last sine has no cosine
-    return table
-
-
-def _check_positions(X: torch.Tensor, offset: int, d_model: int, max_len: int) -> None:
-    """Reject inputs that are not (B, T, d_model) or that run past the encoding's max_len."""
-    if X.dim() != 3 or X.shape[-1] != d_model:
-        raise ValueError(f"X must have shape (B, T, d_model) with d_model={d_model}, "
-                         f"got {tuple(X.shape)}")
-    if offset < 0 or offset + X.shape[1] > max_len:
-        raise ValueError(f"positions offset..offset+T = {offset}..{offset + X.shape[1]} must lie "
-                         f"in 0..max_len = 0..{max_len} (X is {tuple(X.shape)})")
-
-
-class SinusoidalPositionalEncoding(nn.Module):
-    """Add fixed sines and cosines of the position to each token (Vaswani et al., 2017)."""
-
-    def __init__(self, d_model: int, dropout: float = 0.0, max_len: int = 1000):
-        super().__init__()
-        self.d_model, self.max_len = d_model, max_len
-        self.dropout = Dropout(dropout)
-        # Not persistent: it is a function of the shape, so checkpoints need not carry it.
-        self.register_buffer("P", sinusoidal_table(max_len, d_model).unsqueeze(0),
-                             persistent=False)  # (1, max_len, D)
-
-    def forward(self, X: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Return dropout(X + P) for positions offset..offset+T-1 (offset: incremental decoding).
-
-        Args:
-            X: (B, T, D) token embeddings.
-        """
-        _check_positions(X, offset, self.d_model, self.max_len)
-        return self.dropout(X + self.P[:, offset:offset + X.shape[1]])  # (B, T, D)
-
-
-class LearnedPositionalEncoding(nn.Module):
-    """Add a trained embedding of each position to each token (as in BERT and GPT)."""
-
-    def __init__(self, d_model: int, dropout: float = 0.0, max_len: int = 512):
-        super().__init__()
-        self.d_model, self.max_len = d_model, max_len
-        self.embedding = nn.Embedding(max_len, d_model)
-        self.dropout = Dropout(dropout)
-
-    def forward(self, X: torch.Tensor, offset: int = 0) -> torch.Tensor:
-        """Return dropout(X + E[positions]) for positions offset..offset+T-1.
-
-        Args:
-            X: (B, T, D) token embeddings.
-        """
-        _check_positions(X, offset, self.d_model, self.max_len)
-        positions = torch.arange(offset, offset + X.shape[1], device=X.device)  # (T,)
-        return self.dropout(X + self.embedding(positions))  # (B, T, D) + (T, D)

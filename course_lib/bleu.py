@@ -20,14 +20,18 @@ them one at a time:
 2. :func:`ngram_counts` counts the n-grams of a token list;
 3. :func:`clipped_matches` counts hypothesis n-grams found in the references, each n-gram
    credited at most as often as it occurs in a single reference ("clipping");
-4. :func:`brevity_penalty` punishes hypotheses shorter than their references;
+4. :func:`closest_ref_length` picks the reference length a hypothesis is compared with, and
+   :func:`brevity_penalty` punishes hypotheses shorter than their references;
 5. :func:`bleu_from_stats` turns the summed counts into a score: the geometric mean of the
    n-gram precisions times the brevity penalty.
 
-:func:`corpus_bleu_stats` returns all of these numbers at once as a :class:`BleuStats`.
+:func:`corpus_bleu_stats` is those pieces in a loop over the sentences, and returns all the
+numbers at once as a :class:`BleuStats`. Corpus BLEU sums the counts over all sentences
+*before* dividing: it is not the average of sentence BLEU scores.
 
-Corpus BLEU sums the counts over all sentences *before* dividing: it is not the average of
-sentence BLEU scores.
+The options (smoothing, tokenisation, ...) are sacreBLEU's, gathered in :class:`BleuOptions`.
+``course_lib.fast.bleu`` computes the same numbers faster, for benchmarks and large corpora;
+the tests prove the two equal.
 """
 
 from __future__ import annotations
@@ -35,25 +39,13 @@ from __future__ import annotations
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
-__all__ = [
-    "SMOOTH_METHODS",
-    "TOKENIZERS",
-    "BleuStats",
-    "bleu_from_stats",
-    "brevity_penalty",
-    "clipped_matches",
-    "clipped_precision",
-    "closest_ref_length",
-    "corpus_bleu",
-    "corpus_bleu_stats",
-    "d2l_bleu",
-    "ngram_counts",
-    "sentence_bleu",
-    "tokenize_13a",
-]
+__all__ = ["SMOOTH_METHODS", "TOKENIZERS", "BleuOptions", "BleuStats", "bleu_from_stats",
+           "brevity_penalty", "clipped_matches", "clipped_precision", "closest_ref_length",
+           "corpus_bleu", "corpus_bleu_stats", "d2l_bleu", "ngram_counts", "sentence_bleu",
+           "tokenize_13a"]
 
 # Smoothing methods and their default smoothing values (Chen & Cherry, 2014):
 # "none" adds nothing, "floor" gives a zero precision the count `smooth_value` (0.1) instead,
@@ -256,7 +248,7 @@ def bleu_from_stats(
 
 
 # --------------------------------------------------------------------------------------------
-# Corpus and sentence BLEU
+# Options, input checks and tokenisation of whole sentences
 # --------------------------------------------------------------------------------------------
 
 
@@ -266,19 +258,29 @@ def _check_smooth(smooth: str) -> None:
         raise ValueError(f"smooth must be one of {SMOOTH_METHODS}, got {smooth!r}")
 
 
-def _check_options(smooth: str, smooth_value: float | None, tokenize: str, max_order: int) -> None:
-    """Raise a clear error for an unknown option value."""
-    _check_smooth(smooth)
-    if smooth_value is not None and (
-        isinstance(smooth_value, bool) or not isinstance(smooth_value, int | float)
-    ):
-        raise TypeError(f"smooth_value must be a number or None, got {smooth_value!r}")
-    if tokenize not in TOKENIZERS:
-        raise ValueError(f"tokenize must be one of {TOKENIZERS}, got {tokenize!r}")
-    if isinstance(max_order, bool) or not isinstance(max_order, int):
-        raise TypeError(f"max_order must be an int, got {max_order!r}")
-    if max_order < 1:
-        raise ValueError(f"max_order must be at least 1, got {max_order}")
+@dataclass(frozen=True)
+class BleuOptions:
+    """How corpus and sentence BLEU are computed: sacreBLEU's options, with its defaults."""
+
+    max_order: int = 4  # the longest n-grams counted
+    smooth: str = "exp"  # one of SMOOTH_METHODS
+    smooth_value: float | None = None  # for "floor" and "add-k"; None: the method's default
+    tokenize: str = "13a"  # "13a" (mteval-v13a) or "none" (split on whitespace)
+    lowercase: bool = False  # lowercase hypotheses and references before tokenising
+    effective_order: bool = False  # leave out orders the hypotheses have no n-grams of
+
+    def __post_init__(self) -> None:
+        """Raise a clear error for an unknown option value."""
+        _check_smooth(self.smooth)
+        value = self.smooth_value
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise TypeError(f"smooth_value must be a number or None, got {value!r}")
+        if self.tokenize not in TOKENIZERS:
+            raise ValueError(f"tokenize must be one of {TOKENIZERS}, got {self.tokenize!r}")
+        if isinstance(self.max_order, bool) or not isinstance(self.max_order, int):
+            raise TypeError(f"max_order must be an int, got {self.max_order!r}")
+        if self.max_order < 1:
+            raise ValueError(f"max_order must be at least 1, got {self.max_order}")
 
 
 def _reference_lists(
@@ -319,161 +321,72 @@ def _reference_lists(
     return ref_lists
 
 
-def _ngram_list(tokens: list[str], n: int) -> list:
-    """List the n-grams of tokens in order: the tokens themselves for n = 1, else tuples."""
-    return tokens if n == 1 else list(zip(*(tokens[i:] for i in range(n)), strict=False))
-
-
-def _repeat_bonus(hyp: list[str], refs: list[list[str]], n: int, shared: set) -> int:
-    """Return the matches beyond one per shared n-gram: those repeated on both sides."""
-    hyp_ngrams = _ngram_list(hyp, n)
-    ref_ngram_lists = [_ngram_list(ref, n) for ref in refs]
-    bonus = 0
-    for ngram in shared:
-        times = hyp_ngrams.count(ngram)
-        if times > 1:
-            most_in_one_ref = max(ref_ngrams.count(ngram) for ref_ngrams in ref_ngram_lists)
-            bonus += min(times, most_in_one_ref) - 1
-    return bonus
-
-
-def _add_segment_stats(
-    hyp: list[str], refs: list[list[str]], max_order: int, counts: list[int], totals: list[int]
-) -> int:
-    """Add one sentence's clipped matches and n-gram totals in place; return its ref length.
-
-    This is clipped_matches for every order at once, made fast with sets: each distinct
-    n-gram the hypothesis shares with a reference is one match, and only an n-gram that
-    repeats in the hypothesis and in a reference can earn more (see _repeat_bonus).
-    """
-    hyp_len = len(hyp)
-    top_order = min(max_order, hyp_len)
-    for n in range(1, top_order + 1):
-        totals[n - 1] += hyp_len - n + 1
-    # hyp_shifts[i] is hyp[i:], so that zip(*hyp_shifts[:n]) yields the n-grams of hyp.
-    hyp_shifts = [hyp[i:] for i in range(top_order)]
-    single_ref = len(refs) == 1
-    if single_ref:  # the common case, kept free of the loops over references
-        ref = refs[0]
-        ref_len = len(ref)
-        ref_shifts = [ref[i:] for i in range(top_order)]
-    else:
-        ref_len = closest_ref_length(hyp_len, [len(ref) for ref in refs])
-        ref_shifts_list = [[ref[i:] for i in range(top_order)] for ref in refs]
-
-    for n in range(1, top_order + 1):
-        hyp_set = set(hyp) if n == 1 else set(zip(*hyp_shifts[:n], strict=False))
-        if single_ref:
-            ref_set = set(ref) if n == 1 else set(zip(*ref_shifts[:n], strict=False))
-            ref_repeats = len(ref_set) < ref_len - n + 1
-        else:
-            ref_sets = [
-                set(ref) if n == 1 else set(zip(*shifts[:n], strict=False))
-                for ref, shifts in zip(refs, ref_shifts_list, strict=True)
-            ]
-            ref_set = set().union(*ref_sets)  # n-grams found in any reference
-            ref_repeats = any(
-                len(ngrams) < len(ref) - n + 1 for ngrams, ref in zip(ref_sets, refs, strict=True)
-            )
-        shared = hyp_set & ref_set
-        matches = len(shared)
-        if matches == 0:
-            break  # an n-gram can only match if its first n - 1 tokens do, so none longer can
-        if ref_repeats and len(hyp_set) < hyp_len - n + 1:
-            matches += _repeat_bonus(hyp, refs, n, shared)
-        counts[n - 1] += matches
-    return ref_len
-
-
-def corpus_bleu_stats(
-    hypotheses: list[str],
-    references: list[str] | list[list[str]],
-    *,
-    max_order: int = 4,
-    smooth: str = "exp",
-    smooth_value: float | None = None,
-    tokenize: str = "13a",
-    lowercase: bool = False,
-    effective_order: bool = False,
-) -> BleuStats:
-    """Compute corpus BLEU and the counts behind it; same options as corpus_bleu."""
-    _check_options(smooth, smooth_value, tokenize, max_order)
-    ref_lists = _reference_lists(hypotheses, references)
-    split: Callable[[str], list[str]] = _tokens_13a if tokenize == "13a" else str.split
-
-    def tokens_of(line: str) -> list[str]:
-        """Lowercase (if asked), drop trailing whitespace, then tokenise, as sacreBLEU does."""
-        return split((line.lower() if lowercase else line).rstrip())
-
-    counts = [0] * max_order
-    totals = [0] * max_order
-    hyp_len = ref_len = 0
-    for hypothesis, refs in zip(hypotheses, ref_lists, strict=True):
-        hyp = tokens_of(hypothesis)
-        hyp_len += len(hyp)
-        ref_len += _add_segment_stats(
-            hyp, [tokens_of(ref) for ref in refs], max_order, counts, totals
-        )
-    return bleu_from_stats(
-        counts,
-        totals,
-        hyp_len,
-        ref_len,
-        smooth=smooth,
-        smooth_value=smooth_value,
-        effective_order=effective_order,
-    )
-
-
-def corpus_bleu(
-    hypotheses: list[str],
-    references: list[str] | list[list[str]],
-    *,
-    max_order: int = 4,
-    smooth: str = "exp",
-    smooth_value: float | None = None,
-    tokenize: str = "13a",
-    lowercase: bool = False,
-    effective_order: bool = False,
-) -> float:
-    """Return corpus BLEU (0-100) of hypotheses against one reference or a list of them each."""
-    return corpus_bleu_stats(
-        hypotheses,
-        references,
-        max_order=max_order,
-        smooth=smooth,
-        smooth_value=smooth_value,
-        tokenize=tokenize,
-        lowercase=lowercase,
-        effective_order=effective_order,
-    ).score
-
-
-def sentence_bleu(
-    hypothesis: str,
-    references: list[str],
-    *,
-    max_order: int = 4,
-    smooth: str = "exp",
-    smooth_value: float | None = None,
-    tokenize: str = "13a",
-    lowercase: bool = False,
-    effective_order: bool = True,
-) -> float:
-    """Return BLEU (0-100) of one sentence against its references, as sacrebleu.sentence_bleu."""
+def _check_sentence(hypothesis: str, references: list[str]) -> None:
+    """Check the input of sentence_bleu: a string and a non-empty list of strings."""
     if not isinstance(hypothesis, str):
         raise TypeError(f"hypothesis must be a str, got {type(hypothesis).__name__}")
     if isinstance(references, str) or not isinstance(references, Sequence):
         raise TypeError("references must be a list of reference strings, e.g. ['a reference']")
     if not references:
         raise ValueError("references is empty: sentence_bleu needs at least one reference")
-    return corpus_bleu(
-        [hypothesis],
-        [references],
-        max_order=max_order,
-        smooth=smooth,
-        smooth_value=smooth_value,
-        tokenize=tokenize,
-        lowercase=lowercase,
-        effective_order=effective_order,
-    )
+
+
+def _tokens(line: str, options: BleuOptions) -> list[str]:
+    """Lowercase (if asked), drop trailing whitespace, then tokenise, as sacreBLEU does."""
+    line = (line.lower() if options.lowercase else line).rstrip()
+    return _tokens_13a(line) if options.tokenize == "13a" else line.split()
+
+
+def _tokenized_pairs(
+    hypotheses: Sequence[str],
+    references: Sequence[str] | Sequence[Sequence[str]],
+    options: BleuOptions,
+) -> Iterator[tuple[list[str], list[list[str]]]]:
+    """Check the inputs; yield (hypothesis tokens, list of reference tokens) per sentence."""
+    ref_lists = _reference_lists(hypotheses, references)
+    for hypothesis, refs in zip(hypotheses, ref_lists, strict=True):
+        yield _tokens(hypothesis, options), [_tokens(ref, options) for ref in refs]
+
+
+# --------------------------------------------------------------------------------------------
+# Corpus and sentence BLEU
+# --------------------------------------------------------------------------------------------
+
+
+def corpus_bleu_stats(
+    hypotheses: list[str], references: list[str] | list[list[str]], **options
+) -> BleuStats:
+    """Compute corpus BLEU and the counts behind it; options as for corpus_bleu."""
+    settings = BleuOptions(**options)
+    max_order = settings.max_order
+    counts, totals = [0] * max_order, [0] * max_order  # summed over the corpus, per order
+    hyp_len = ref_len = 0
+    for hyp, refs in _tokenized_pairs(hypotheses, references, settings):
+        for n in range(1, max_order + 1):
+            matches, total = clipped_matches(hyp, refs, n)
+            counts[n - 1] += matches
+            totals[n - 1] += total
+        hyp_len += len(hyp)
+        ref_len += closest_ref_length(len(hyp), [len(ref) for ref in refs])
+    return bleu_from_stats(counts, totals, hyp_len, ref_len, smooth=settings.smooth,
+                           smooth_value=settings.smooth_value,
+                           effective_order=settings.effective_order)
+
+
+def corpus_bleu(hypotheses: list[str], references: list[str] | list[list[str]], **options) -> float:
+    """Return corpus BLEU (0-100) of hypotheses against one reference or a list of them each.
+
+    options: any field of BleuOptions (max_order=4, smooth="exp", smooth_value=None,
+    tokenize="13a", lowercase=False, effective_order=False), as keywords.
+    """
+    return corpus_bleu_stats(hypotheses, references, **options).score
+
+
+def sentence_bleu(hypothesis: str, references: list[str], **options) -> float:
+    """Return BLEU (0-100) of one sentence against its references, as sacrebleu.sentence_bleu.
+
+    options: as for corpus_bleu, except that effective_order is True unless given.
+    """
+    _check_sentence(hypothesis, references)
+    options.setdefault("effective_order", True)
+    return corpus_bleu([hypothesis], [references], **options)

@@ -33,10 +33,11 @@ from course_lib.data.batching import Batch
 from course_lib.losses import masked_cross_entropy
 from course_lib.masking import padding_mask
 from course_lib.models.base import EncoderDecoder, inference
+from course_lib.schedules import NoamSchedule, noam_lambda
 
 __all__ = ["set_seed", "NoamSchedule", "noam_lambda", "scheduled_sampling_logits",
            "sequence_loss", "train_epoch", "evaluate", "History", "fit", "make_bleu_fn",
-           "save_checkpoint", "load_checkpoint", "read_checkpoint"]  # last three: checkpoints.py
+           "save_checkpoint", "load_checkpoint", "read_checkpoint"]  # schedules.py, checkpoints.py
 
 _PROGRESS_MODES = ("auto", "bar", "log", "none")
 
@@ -46,32 +47,6 @@ def set_seed(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclasses.dataclass(frozen=True)
-class NoamSchedule:
-    """The Transformer's warmup schedule, as a ``LambdaLR`` multiplier of a base lr of 1.
-
-    lr(step) = factor · d_model^-0.5 · min(step^-0.5, step · warmup_steps^-1.5), step = 1, 2, ...
-    It rises linearly for ``warmup_steps`` optimizer steps, peaks there, then decays as
-    1/sqrt(step). ``LambdaLR`` calls it with 0 before the first step, hence the ``+ 1``.
-    """
-
-    d_model: int
-    warmup_steps: int
-    factor: float = 1.0
-
-    def __call__(self, step_index: int) -> float:
-        step = step_index + 1  # LambdaLR's counter starts at 0; the formula's at 1
-        return self.factor * self.d_model ** -0.5 * min(step ** -0.5,
-                                                         step * self.warmup_steps ** -1.5)
-
-
-def noam_lambda(d_model: int, warmup_steps: int, factor: float = 1.0) -> NoamSchedule:
-    """``lr_lambda`` for ``torch.optim.lr_scheduler.LambdaLR`` (use an optimizer with lr=1)."""
-    if d_model < 1 or warmup_steps < 1:
-        raise ValueError(f"need d_model >= 1 and warmup_steps >= 1, got {d_model}, {warmup_steps}")
-    return NoamSchedule(d_model, warmup_steps, factor)
 
 
 def scheduled_sampling_logits(model: nn.Module, batch: Batch,
@@ -121,13 +96,34 @@ def sequence_loss(model: nn.Module, batch: Batch, *, label_smoothing: float = 0.
     return loss, logits, targets
 
 
+LossFn = Callable[[nn.Module, Batch], "torch.Tensor | tuple[torch.Tensor, dict[str, float]]"]
+
+
+def _batch_loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None, label_smoothing: float,
+                teacher_forcing: float) -> tuple[torch.Tensor, dict[str, float]]:
+    """The loss to minimise on one batch, and the named parts ``loss_fn`` reports (if any)."""
+    if loss_fn is not None:
+        result = loss_fn(model, batch)
+        return result if isinstance(result, tuple) else (result, {})
+    if teacher_forcing >= 1.0:  # mean per real token, logits only where the target is real
+        return sequence_loss(model, batch, label_smoothing=label_smoothing)[0], {}
+    logits = scheduled_sampling_logits(model, batch, teacher_forcing)
+    return masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
+                                label_smoothing=label_smoothing), {}
+
+
 def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, *,
-                scheduler: Any = None, clip_grad: float | None = 1.0,
-                label_smoothing: float = 0.0, teacher_forcing: float = 1.0,
-                progress: Any = None, stop_at: float | None = None) -> dict[str, float]:
+                loss_fn: LossFn | None = None, scheduler: Any = None,
+                clip_grad: float | None = 1.0, label_smoothing: float = 0.0,
+                teacher_forcing: float = 1.0, progress: Any = None,
+                stop_at: float | None = None) -> dict[str, float]:
     """One pass over ``loader``, one optimizer step per batch; returns what happened.
 
     Args:
+        loss_fn: ``loss_fn(model, batch) -> loss`` (or ``(loss, parts)``, a dict of floats
+            averaged over the batches into the result): another model's objective, e.g.
+            ``course_lib.models.nat.nat_loss``. Default: the masked cross entropy of
+            ``sequence_loss`` (with ``label_smoothing`` and ``teacher_forcing``).
         scheduler: stepped after every batch (per-step schedules such as ``NoamSchedule``).
         clip_grad: rescale gradients whose total norm exceeds it (None or 0: no clipping).
         teacher_forcing: probability of feeding the gold previous token (1 = plain teacher
@@ -141,21 +137,22 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
     """
     if not 0.0 <= teacher_forcing <= 1.0:
         raise ValueError(f"teacher_forcing must be a probability in [0, 1], got {teacher_forcing}")
+    if loss_fn is not None and (teacher_forcing < 1.0 or label_smoothing):
+        raise ValueError("teacher_forcing and label_smoothing apply to the default loss; "
+                         "with loss_fn, give them to the loss function")
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
     total_loss, total_tokens, total_norm, num_batches = 0.0, 0, 0.0, 0
+    part_sums: dict[str, float] = {}
     start = time.perf_counter()
     stopped = False
     for batch in loader:
         if stop_at is not None and time.perf_counter() >= stop_at:
             stopped = True
             break
-        if teacher_forcing >= 1.0:  # mean per real token, logits only where the target is real
-            loss, _, _ = sequence_loss(model, batch, label_smoothing=label_smoothing)
-        else:
-            logits = scheduled_sampling_logits(model, batch, teacher_forcing)
-            loss = masked_cross_entropy(logits, batch.tgt, batch.tgt_valid_len,
-                                        label_smoothing=label_smoothing)
+        loss, parts = _batch_loss(model, batch, loss_fn, label_smoothing, teacher_forcing)
+        for name, value in parts.items():
+            part_sums[name] = part_sums.get(name, 0.0) + value
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         max_norm = clip_grad if clip_grad else math.inf  # inf: measure the norm, change nothing
@@ -171,24 +168,37 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
             progress.update(1)
             progress.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.3f}", refresh=False)
     seconds = time.perf_counter() - start
-    return {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens,
-            "seconds": seconds, "tokens_per_second": total_tokens / max(seconds, 1e-9),
-            "grad_norm": total_norm / max(num_batches, 1), "batches": num_batches,
-            "stopped": stopped}
+    parts = {name: value / max(num_batches, 1) for name, value in part_sums.items()}
+    return parts | {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens,
+                    "seconds": seconds, "tokens_per_second": total_tokens / max(seconds, 1e-9),
+                    "grad_norm": total_norm / max(num_batches, 1), "batches": num_batches,
+                    "stopped": stopped}
 
 
-def evaluate(model: nn.Module, loader: Iterable[Batch]) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable[Batch], *,
+             loss_fn: LossFn | None = None) -> dict[str, float]:
     """Teacher-forced ``loss`` (per real token, no smoothing) and token ``accuracy``.
 
+    With ``loss_fn`` (as in ``train_epoch``): its ``loss`` and parts, averaged per batch.
     Runs in eval mode without gradients and puts the model back in the mode it was in.
     """
-    total_loss, correct, total_tokens = 0.0, 0, 0
+    total_loss, correct, total_tokens, num_batches = 0.0, 0, 0, 0
+    part_sums: dict[str, float] = {}
     with inference(model):
         for batch in loader:
+            num_batches += 1
+            total_tokens += batch.num_target_tokens
+            if loss_fn is not None:
+                loss, parts = _batch_loss(model, batch, loss_fn, 0.0, 1.0)
+                for name, value in (parts | {"loss": float(loss)}).items():
+                    part_sums[name] = part_sums.get(name, 0.0) + value
+                continue
             loss, logits, targets = sequence_loss(model, batch, reduction="sum")  # (N, V), (N,)
             total_loss += float(loss)
             correct += int((logits.argmax(dim=-1) == targets).sum())
-            total_tokens += batch.num_target_tokens
+    if loss_fn is not None:
+        return {name: value / max(num_batches, 1) for name, value in part_sums.items()} | {
+            "tokens": total_tokens}
     denominator = max(total_tokens, 1)
     return {"loss": total_loss / denominator, "accuracy": correct / denominator,
             "tokens": total_tokens}

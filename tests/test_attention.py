@@ -11,6 +11,7 @@ from torch.nn import functional as F
 from course_lib.attention import (
     AdditiveAttention,
     DotProductAttention,
+    KVCache,
     LearnedPositionalEncoding,
     MultiHeadAttention,
     SinusoidalPositionalEncoding,
@@ -349,26 +350,55 @@ def test_dropout_acts_in_training_only():
     assert torch.equal(mha(X, X, X), mha(X, X, X))
 
 
-@pytest.mark.parametrize("grad, T_q, T_k, fused", [
-    (True, 5, 5, True),       # training: the fused kernel's backward is faster
-    (False, 5, 5, False),     # an encoder at inference: two matrix products
-    (False, 1, 5, True),      # one query, a decoding step
-    (False, 5, 40, True),     # more keys than _MATMUL_MAX_KEYS
-])
-def test_use_sdpa_calls_the_fused_kernel_where_it_pays(grad, T_q, T_k, fused, monkeypatch):
-    """use_sdpa=True runs F.scaled_dot_product_attention only where it is faster on CPU, and
-    gives the same outputs (and no weights) either way."""
+@pytest.mark.parametrize("grad", [True, False])
+def test_use_sdpa_calls_the_fused_kernel_with_the_same_outputs(grad, monkeypatch):
+    """use_sdpa=True runs F.scaled_dot_product_attention (the kernel choice for speed lives in
+    course_lib.fast) and gives the plain path's outputs, without weights."""
     torch.manual_seed(0)
     slow = MultiHeadAttention(D, H).eval()
-    fast = MultiHeadAttention(D, H, use_sdpa=True).eval()
-    fast.load_state_dict(slow.state_dict())
+    fused = MultiHeadAttention(D, H, use_sdpa=True).eval()
+    fused.load_state_dict(slow.state_dict())
     calls, sdpa = [], F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention",
                         lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
-    queries, keys = torch.randn(B, T_q, D), torch.randn(B, T_k, D)
-    lens = torch.tensor([T_k, 2])
+    queries, keys = torch.randn(B, 5, D), torch.randn(B, 7, D)
+    lens = torch.tensor([7, 2])
     with torch.set_grad_enabled(grad):
-        out = fast(queries, keys, keys, lens)
-    assert bool(calls) == fused
+        out = fused(queries, keys, keys, lens)
+    assert calls == [1]
     close(out, slow(queries, keys, keys, lens), atol=1e-6)
-    assert fast.attention_weights is None
+    assert fused.attention_weights is None
+
+
+@pytest.mark.parametrize("use_sdpa", [False, True])
+def test_kv_cache_step_by_step_equals_causal_attention_over_everything(use_sdpa):
+    """Self-attention fed one position at a time through a KVCache, or two then three, gives
+    what causal attention over the whole sequence gives; the cache holds every position."""
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(D, H, use_sdpa=use_sdpa).eval()
+    X = torch.randn(B, 5, D)
+    with torch.no_grad():
+        whole = mha(X, X, X, mask=causal_mask(5))
+        for chunks in ([1] * 5, [2, 3]):
+            cache, outputs, start = KVCache(), [], 0
+            for size in chunks:
+                new = X[:, start:start + size]
+                outputs.append(mha(new, new, new, cache=cache,
+                                   mask=causal_mask(size, start + size)))
+                start += size
+            close(torch.cat(outputs, dim=1), whole, atol=1e-6)
+            assert cache.length == 5 and cache.keys.shape == (B, H, 5, D // H)
+
+
+def test_frozen_kv_cache_projects_the_memory_once():
+    torch.manual_seed(0)
+    mha = MultiHeadAttention(D, H).eval()
+    memory, lens = torch.randn(B, 6, D), torch.tensor([6, 3])
+    cache, calls = KVCache(frozen=True), []
+    mha.W_k.register_forward_hook(lambda *args: calls.append(1))
+    with torch.no_grad():
+        for _ in range(3):
+            query = torch.randn(B, 1, D)
+            close(mha(query, memory, memory, lens, cache=cache), mha(query, memory, memory, lens),
+                  atol=1e-6)
+    assert len(calls) == 1 + 3 and cache.length == 6  # once for the cache, once per plain call

@@ -1,8 +1,13 @@
 """Greedy, beam search and sampling against independent references: a greedy decoder that
 re-runs the full teacher-forced forward pass on the whole prefix, brute force over every output
 sequence of a tiny vocabulary, teacher-forced re-scoring, one-sentence-at-a-time decoding, and
-empirical token frequencies against softmax(logits / temperature)."""
+empirical token frequencies against softmax(logits / temperature).
 
+Every test runs twice: with the plain ``Runner`` (the teaching core) and with ``fast=True``
+(``course_lib.fast``), so both meet the same references. ``tests/test_fast_decoding.py`` checks
+that the two give the same tokens and scores on the same inputs."""
+
+import functools
 import itertools
 import math
 
@@ -13,9 +18,12 @@ from course_lib import decoding
 from course_lib.data.generated import numbers_dataset
 from course_lib.data.translation import TranslationData
 from course_lib.data.vocab import Vocab
-from course_lib.decoding import DecodeResult, beam_search, greedy_decode, sample_decode, translate
+from course_lib.decoding import DecodeResult
 from course_lib.models.rnn import Seq2SeqBahdanau, Seq2SeqGRU
 from course_lib.models.transformer import Transformer, TransformerConfig, TransformerState
+
+# The decoders as the tests call them; the fixture below sets ``fast`` for every test.
+greedy_decode = beam_search = sample_decode = translate = None
 
 SRC_V, TGT_V, E, H = 11, 13, 8, 16
 PAD, BOS, EOS = 0, 1, 2
@@ -33,6 +41,15 @@ MODELS = {
                                                    use_cache=False), 3.0, 2.0),
 }
 NAMES = list(MODELS)
+
+
+@pytest.fixture(autouse=True, params=[False, True], ids=["core", "fast"])
+def fast(request, monkeypatch):
+    """Run the test with the decoders' plain runner, then with the fast layer."""
+    for name in ("greedy_decode", "beam_search", "sample_decode", "translate"):
+        monkeypatch.setitem(globals(), name,
+                            functools.partial(getattr(decoding, name), fast=request.param))
+    return request.param
 
 
 def close(actual, expected, atol=1e-5):
@@ -128,14 +145,16 @@ def test_beam_size_one_is_greedy(name):
 
 @pytest.mark.parametrize("name", ["gru", "transformer"])
 @pytest.mark.parametrize("decoder", ["greedy", "beam"])
-def test_decode_feeds_only_the_new_token(name, decoder):
+def test_decode_feeds_only_the_new_token(name, decoder, fast):
+    if fast and name == "transformer":
+        pytest.skip("the fast layer steps the Transformer itself (test_fast_decoding.py)")
     model, (src, valid) = make(name), make_source()
-    calls, original = [], model.decode_features  # what decode and next_token_logits run
+    calls, original = [], model.decode_features  # what decode runs
 
     def spy(dec_input, state):
         if isinstance(state, TransformerState):  # the key/value cache grows one step per call
-            assert state.offset == len(calls)
-            assert state.offset == 0 or state.cache[0][0].shape[2] == state.offset
+            assert state.past_tokens.shape[1] == len(calls)
+            assert all(cache.length == len(calls) for cache in state.caches)
         calls.append(tuple(dec_input.shape))
         return original(dec_input, state)
 
@@ -156,54 +175,10 @@ def test_decode_feeds_only_the_new_token(name, decoder):
         assert rows[1:] == sorted(rows[1:], reverse=True)  # finished sentences leave the batch
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("new_tokens", [1, 3])
-def test_next_token_logits_is_decode_at_the_last_position(name, new_tokens):
-    """What the decoders call at every step: decode's last position, optionally into a buffer."""
-    model, (src, valid) = make(name), make_source()
-    dec_input = torch.randint(3, TGT_V, (B, new_tokens), generator=torch.Generator().manual_seed(2))
-    with torch.inference_mode():
-        state = model.encode(src, valid)
-        expected, expected_state = model.decode(dec_input, state)
-        plain, plain_state = model.next_token_logits(dec_input, state)
-        buffer = torch.full((B + 2, TGT_V), float("nan"))  # larger: steps use its first rows
-        into, into_state = model.next_token_logits(dec_input, state, out=buffer[:B])
-        assert into.data_ptr() == buffer.data_ptr() and buffer[B:].isnan().all()
-        for logits in (plain, into):
-            assert logits.shape == (B, TGT_V)
-            close(logits, expected[:, -1])
-        token = torch.full((B, 1), 5)  # the states carry on identically
-        following = model.decode(token, expected_state)[0]
-        for carried in (plain_state, into_state):
-            close(model.decode(token, carried)[0], following)
-
-
-def test_next_token_logits_without_output_bias():
-    model, (src, valid) = make("gru"), make_source()
-    model.output.bias = None
-    with torch.inference_mode():
-        state = model.encode(src, valid)
-        expected = model.decode(torch.full((B, 1), BOS), state)[0][:, -1]
-        logits, _ = model.next_token_logits(torch.full((B, 1), BOS), state,
-                                            out=torch.empty(B, TGT_V))
-    close(logits, expected)
-
-
 def _push_towards_five(logits):
     logits = logits.clone()
     logits[..., 5] += 100.0
     return logits
-
-
-def test_next_token_logits_ignores_a_buffer_of_another_dtype():
-    model, (src, valid) = make("transformer"), make_source()
-    with torch.inference_mode():
-        state = model.encode(src, valid)
-        expected = model.decode(torch.full((B, 1), BOS), state)[0][:, -1]
-        buffer = torch.zeros(B, TGT_V, dtype=torch.float64)
-        logits, _ = model.next_token_logits(torch.full((B, 1), BOS), state, out=buffer)
-    assert logits.dtype == torch.float32 and (buffer == 0).all()
-    close(logits, expected)
 
 
 class _AlwaysFive(Seq2SeqGRU):
@@ -504,15 +479,15 @@ def test_translate_matches_the_decoders():
 
 
 BAD_ARGUMENTS = [
-    (greedy_decode, dict(max_len=0), "max_len"),
-    (beam_search, dict(max_len=5, beam_size=0), "beam_size"),
-    (beam_search, dict(max_len=0, beam_size=2), "max_len"),
-    (beam_search, dict(max_len=5, beam_size=2.0), "beam_size"),
-    (beam_search, dict(max_len=5, beam_size=2, length_penalty=-0.5), "length_penalty"),
-    (sample_decode, dict(max_len=5, temperature=0.0), "temperature"),
-    (sample_decode, dict(max_len=5, temperature=-1.0), "temperature"),
-    (sample_decode, dict(max_len=5, top_k=0), "top_k"),
-    (sample_decode, dict(max_len=-1), "max_len"),
+    ("greedy_decode", dict(max_len=0), "max_len"),
+    ("beam_search", dict(max_len=5, beam_size=0), "beam_size"),
+    ("beam_search", dict(max_len=0, beam_size=2), "max_len"),
+    ("beam_search", dict(max_len=5, beam_size=2.0), "beam_size"),
+    ("beam_search", dict(max_len=5, beam_size=2, length_penalty=-0.5), "length_penalty"),
+    ("sample_decode", dict(max_len=5, temperature=0.0), "temperature"),
+    ("sample_decode", dict(max_len=5, temperature=-1.0), "temperature"),
+    ("sample_decode", dict(max_len=5, top_k=0), "top_k"),
+    ("sample_decode", dict(max_len=-1), "max_len"),
 ]
 
 
@@ -520,7 +495,7 @@ BAD_ARGUMENTS = [
 def test_bad_arguments_raise_value_error_naming_them(decoder, kwargs, name):
     model, (src, valid) = make("gru"), make_source()
     with pytest.raises(ValueError, match=name):
-        decoder(model, src, valid, **kwargs)
+        globals()[decoder](model, src, valid, **kwargs)
 
 
 def test_malformed_source_raises_value_error():
@@ -544,90 +519,6 @@ def test_greedy_breaks_ties_towards_the_lower_token_id():
     assert torch.equal(result.tokens, torch.full((B, 4), 5))
     expected = 4 * (1.0 - math.log(2 * math.e + (TGT_V - 2) / math.e))  # 4 x log p(5)
     close(result.log_probs, torch.full((B,), expected))
-
-
-@pytest.mark.parametrize("return_all", [False, True])
-@pytest.mark.parametrize("name", ["transformer", "transformer_no_cache"])
-def test_beam_search_same_whether_beams_share_the_memory(name, return_all, monkeypatch):
-    """The Transformer's beams read their sentence's one memory row (``shares_sources``); with
-    the memory copied into every beam's row instead, beam search must find the same."""
-    model, (src, valid) = make(name), make_source()
-    kwargs = dict(beam_size=3, max_len=MAX_LEN, length_penalty=0.7, return_all=return_all)
-    shared = beam_search(model, src, valid, **kwargs)
-    monkeypatch.setattr(TransformerState, "shares_sources", False)
-    copied = beam_search(model, src, valid, **kwargs)
-    assert torch.equal(shared.tokens, copied.tokens)
-    close(shared.scores, copied.scores)
-    if return_all:
-        assert [[h.tokens for h in pool] for pool in shared.hypotheses] == \
-            [[h.tokens for h in pool] for pool in copied.hypotheses]
-
-
-def _rows_per_sentence(value, K, dim):
-    """Whether every sentence's K rows of a tensor (or list of tensors) are identical."""
-    if value is None:
-        return True
-    if isinstance(value, list | tuple):
-        return all(_rows_per_sentence(v, K, dim) for v in value)
-    grouped = value.movedim(dim, 0).reshape(-1, K, *value.movedim(dim, 0).shape[1:])
-    return bool((grouped == grouped[:, :1]).all())
-
-
-@pytest.mark.parametrize("name", NAMES)
-def test_per_source_fields_are_the_same_for_every_beam_of_a_sentence(name):
-    """Beam search keeps a state's ``per_source`` fields as they are while no sentence leaves;
-    that is right only if those rows never differ between beams of one sentence, after any
-    number of steps, and if reordering the other fields alone gives the same next logits."""
-    model = make(name)
-    src, src_valid_len = make_source()
-    K = 3
-    state = model.encode(src, src_valid_len).reorder(torch.arange(B).repeat_interleave(K))
-    g = torch.Generator().manual_seed(2)
-    assert state.per_source, "the model's state names no per-source field"
-    with torch.no_grad():
-        for _ in range(3):
-            tokens = torch.randint(3, TGT_V, (B * K, 1), generator=g)
-            _, state = model.decode(tokens, state)
-            for field in state.per_source:
-                assert _rows_per_sentence(getattr(state, field), K, state.batch_dim(field)), field
-            within = (torch.arange(B).repeat_interleave(K) * K
-                      + torch.randint(0, K, (B * K,), generator=g))  # parents in each sentence
-            full, kept = state.reorder(within), state.reorder(within, keep=state.per_source)
-            tokens = torch.randint(3, TGT_V, (B * K, 1), generator=g)
-            close(model.decode(tokens, kept)[0], model.decode(tokens, full)[0], atol=0)
-            state = kept
-
-
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("impossible", [False, True])
-def test_padded_output_layer_changes_no_result(name, impossible, monkeypatch):
-    """The decoders pad the output layer to a multiple of 16 columns (bias -inf) for speed.
-    Greedy, beam search and sampling must give what they give without padding. With 5 tokens
-    of which 3 are impossible (logit -inf), beam search keeps dead hypotheses (log p = -inf)
-    whose extensions tie with the 11 padding columns: none may feed a padding id to the model."""
-    vocab = 5 if impossible else TGT_V
-    model, (src, valid) = make(name, tgt_vocab=vocab), make_source()
-    if impossible:  # only <eos> and token 4
-        with torch.no_grad():
-            model.output.bias[[PAD, BOS, 3]] = float("-inf")
-
-    def decode_all():
-        g = torch.Generator().manual_seed(3)
-        return [greedy_decode(model, src, valid, max_len=MAX_LEN),
-                beam_search(model, src, valid, beam_size=4, max_len=MAX_LEN, return_all=True),
-                sample_decode(model, src, valid, max_len=MAX_LEN, top_k=vocab, generator=g)]
-
-    padded = decode_all()
-    assert decoding._padded_output(model.output)[0].shape[0] == 16
-    monkeypatch.setattr(decoding, "_padded_output", lambda output: (output.weight, output.bias))
-    unpadded = decode_all()
-    for ours, plain in zip(padded, unpadded, strict=True):
-        assert torch.equal(ours.tokens, plain.tokens)
-        close(ours.log_probs, plain.log_probs)
-        if impossible:
-            assert set(ours.tokens.unique().tolist()) <= {PAD, EOS, 4}
-    assert [[h.tokens for h in pool] for pool in padded[1].hypotheses] == \
-        [[h.tokens for h in pool] for pool in unpadded[1].hypotheses]
 
 
 @pytest.mark.parametrize("name", ["gru", "transformer"])

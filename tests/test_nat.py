@@ -5,6 +5,8 @@ Notation: B batch · T target positions · D model width · V vocabulary size ·
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
@@ -14,11 +16,11 @@ from course_lib.models.nat import (
     NATConfig,
     NATransformer,
     nat_decode,
-    nat_evaluate,
     nat_loss,
     nat_targets,
-    nat_train_epoch,
 )
+from course_lib.models.transformer import Encoder
+from course_lib.training import evaluate, train_epoch
 
 V_SRC, V_TGT, MAX_LEN = 13, 11, 8
 MODES = pytest.mark.parametrize("decoder_input", ["copy", "position"])
@@ -187,18 +189,45 @@ def test_length_predictor_and_model_overfit_a_small_batch():
     model = NATransformer(NATConfig.tiny(v_src, v_tgt, max_len=6, num_layers=1))
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     loader = BatchLoader(batch, batch_size=8)
+    loss_fn = functools.partial(nat_loss, length_weight=1.0)
     for _ in range(300):  # about 90 steps are needed; stop once both losses are tiny
-        stats = nat_train_epoch(model, loader, optimizer, length_weight=1.0)
+        stats = train_epoch(model, loader, optimizer, loss_fn=loss_fn)
         if stats["length_loss"] < 0.05 and stats["token_loss"] < 0.05:
             break
     assert stats["length_loss"] < 0.05 and stats["token_loss"] < 0.05, stats
-    final = nat_evaluate(model, loader)
+    final = evaluate(model, loader, loss_fn=nat_loss)
     assert final["length_accuracy"] == 1.0 and final["token_accuracy"] == 1.0
     # Decoding with the predicted lengths reproduces every training target.
     result = nat_decode(model, batch.src, batch.src_valid_len)
     targets, lengths = nat_targets(batch.tgt, batch.tgt_valid_len)
     assert result.lengths.tolist() == lengths.tolist()
     assert torch.equal(result.tokens, targets[:, :result.tokens.shape[1]])
+
+
+def test_train_epoch_reports_the_loss_functions_parts_and_refuses_default_loss_options():
+    batch, v_src, v_tgt = small_corpus()
+    torch.manual_seed(0)
+    model = NATransformer(NATConfig.tiny(v_src, v_tgt, max_len=6))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # lr 0: the model stays as it is
+    loader = BatchLoader(batch, batch_size=4)  # two batches
+    expected = [nat_loss(model, b)[1] for b in loader]
+    stats = train_epoch(model, loader, optimizer, loss_fn=nat_loss, clip_grad=None)
+    for name in ("token_loss", "length_loss", "token_accuracy"):
+        mean = sum(parts[name] for parts in expected) / 2
+        assert stats[name] == pytest.approx(mean, rel=1e-5), name
+    assert stats["batches"] == 2 and stats["tokens"] == batch.num_target_tokens
+    with pytest.raises(ValueError, match="give them to the loss function"):
+        train_epoch(model, loader, optimizer, loss_fn=nat_loss, label_smoothing=0.1)
+
+
+def test_the_nat_encoder_is_the_transformers_encoder():
+    torch.manual_seed(0)
+    model = NATransformer(NATConfig.tiny(V_SRC, V_TGT, norm_first=True)).eval()
+    assert type(model.encoder) is Encoder
+    src, src_valid_len = torch.randint(3, V_SRC, (3, 6)), torch.tensor([6, 2, 4])
+    X = model.src_positional(model.src_embedding(src) * model.config.d_model ** 0.5)
+    with torch.no_grad():
+        assert_close(model.encode(src, src_valid_len).memory, model.encoder(X, src_valid_len))
 
 
 def test_loss_is_token_ce_plus_weighted_length_ce():
@@ -240,7 +269,7 @@ def count_calls(modules):
 def test_decoding_is_one_forward_pass(length_candidates):
     model = make_model()
     src, src_valid_len = make_inputs()
-    encoder = count_calls(list(model.encoder_blocks))
+    encoder = count_calls(list(model.encoder.blocks))
     decoder = count_calls(list(model.decoder_blocks))
     output = count_calls([model.output])
     result = nat_decode(model, src, src_valid_len, length_candidates=length_candidates)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.attention import copy_weights_to_torch
+from course_lib.attention import KVCache, copy_weights_to_torch
 from course_lib.data.batching import encode_pairs
 from course_lib.data.vocab import Vocab
 from course_lib.losses import masked_cross_entropy
@@ -161,116 +161,114 @@ def test_every_parameter_gets_a_gradient(norm_first):
 
 # --- Incremental decoding with and without the key/value cache ---------------------------------
 
-def decode_steps(model, state, tokens, use_cache, chunk=1):
+def decode_steps(model, state, tokens, chunk=1):
     """Feed tokens (B, T) `chunk` at a time; returns the logits (B, T, V) and the last state."""
     pieces = []
     for t in range(0, tokens.shape[1], chunk):
-        logits, state = model.decode(tokens[:, t:t + chunk], state, use_cache=use_cache)
+        logits, state = model.decode(tokens[:, t:t + chunk], state)
         pieces.append(logits)
     return torch.cat(pieces, dim=1), state
+
+
+def uncached_copy(model: Transformer) -> Transformer:
+    """The same weights, decoding without key/value caches."""
+    other = Transformer(model.config, use_cache=False).eval()
+    other.load_state_dict(model.state_dict())
+    return other
 
 
 @NORMS
 @pytest.mark.parametrize("use_sdpa", [False, True])
 def test_kv_cache_matches_uncached_and_forward(norm_first, use_sdpa):
     model = make_model(norm_first=norm_first, use_sdpa=use_sdpa)
+    uncached_model = uncached_copy(model)
     src, src_valid_len, dec_input = make_inputs()
     with torch.no_grad():
         full = model(src, src_valid_len, dec_input)
-        state = model.encode(src, src_valid_len)
-        cached, cached_state = decode_steps(model, state, dec_input, use_cache=True)
-        uncached, _ = decode_steps(model, state, dec_input, use_cache=False)
-        chunked, _ = decode_steps(model, state, dec_input, use_cache=True, chunk=4)
+        cached, cached_state = decode_steps(model, model.encode(src, src_valid_len), dec_input)
+        uncached, uncached_state = decode_steps(
+            uncached_model, uncached_model.encode(src, src_valid_len), dec_input)
+        chunked, _ = decode_steps(model, model.encode(src, src_valid_len), dec_input, chunk=4)
     close(cached, full)
     close(uncached, full)
     close(chunked, full)
-    k, v = cached_state.cache[0]
-    assert k.shape == v.shape == (4, 2, 6, 16) and cached_state.offset == 6
+    cache = cached_state.caches[0]
+    assert cache.keys.shape == cache.values.shape == (4, 2, 6, 16) and cache.length == 6
+    memory_cache = cached_state.memory_caches[0]
+    assert memory_cache.frozen and memory_cache.keys.shape == (4, 2, 7, 16)
+    assert uncached_state.caches is None and torch.equal(uncached_state.past_tokens, dec_input)
+    assert torch.equal(cached_state.past_tokens, dec_input)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
 def test_decoding_after_reorder_matches_forward(use_cache):
     """Beam search: states are reordered and reused, so the old state must stay intact."""
-    model = make_model()
+    model = make_model() if use_cache else uncached_copy(make_model())
     src, src_valid_len, dec_input = make_inputs()
     index = torch.tensor([2, 0, 0, 3])
     with torch.no_grad():
         state = model.encode(src, src_valid_len)
-        _, state = decode_steps(model, state, dec_input[:, :3], use_cache)
-        reordered, _ = decode_steps(model, state.reorder(index), dec_input[index, 3:], use_cache)
+        _, state = decode_steps(model, state, dec_input[:, :3])
+        reordered, _ = decode_steps(model, state.reorder(index), dec_input[index, 3:])
         expected = model(src[index], src_valid_len[index], dec_input[index])
         close(reordered, expected[:, 3:])
-        again, _ = decode_steps(model, state, dec_input[:, 3:], use_cache)  # the old state
+        again, _ = decode_steps(model, state, dec_input[:, 3:])  # the old state
         close(again, model(src, src_valid_len, dec_input)[:, 3:])
+        if use_cache:  # the reordered caches hold the chosen rows' keys
+            moved = state.reorder(index)
+            close(moved.caches[1].keys, state.caches[1].keys[index])
+            close(moved.memory_caches[0].values, state.memory_caches[0].values[index])
+            assert moved.memory_caches[0].frozen
 
 
-@pytest.mark.parametrize("use_sdpa", [False, True])
-@pytest.mark.parametrize("use_cache", [True, False])
-def test_beams_share_their_sentence_memory_row(use_cache, use_sdpa):
-    """A state with beams = K (one memory row per sentence, K decoder rows each) gives the same
-    logits and cross-attention weights as one with the memory copied into every decoder row:
-    over several steps, with hypotheses reordered within their sentence, and after a sentence
-    leaves and the width changes."""
-    model = make_model(use_sdpa=use_sdpa)
-    src, src_valid_len, _ = make_inputs()
-    B, K = src.shape[0], 3
-    g = torch.Generator().manual_seed(0)
-
-    def step_both(copied, shared):
-        tokens = torch.randint(3, V_TGT, (copied.past_tokens.shape[0], 1), generator=g)
-        expected, copied = model.decode(tokens, copied, use_cache=use_cache)
-        expected_weights = model.cross_attention_weights()
-        logits, shared = model.decode(tokens, shared, use_cache=use_cache)
-        close(logits, expected)
-        for weights, reference in zip(model.cross_attention_weights(), expected_weights,
-                                      strict=True):
-            assert (weights is None) == use_sdpa and (reference is None) == use_sdpa
-            if weights is not None:
-                close(weights, reference)
-        return copied, shared
-
+def test_decoder_block_caches_grow_in_place_and_match_the_whole_sequence():
+    """DecoderBlock with a KVCache: position by position equals all positions at once."""
+    torch.manual_seed(0)
+    config = TransformerConfig.tiny(V_SRC, V_TGT)
+    block = DecoderBlock(config).eval()
+    X, memory, src_valid_len = torch.randn(3, 5, 32), torch.randn(3, 4, 32), torch.tensor([4, 1, 2])
+    cache, memory_cache = KVCache(), KVCache(frozen=True)
     with torch.no_grad():
-        state = model.encode(src, src_valid_len)
-        rows = torch.arange(B).repeat_interleave(K)
-        copied = state.reorder(rows)
-        shared = dataclasses.replace(state.reorder(rows, keep=state.per_source), beams=K)
-        for _ in range(3):
-            copied, shared = step_both(copied, shared)
-            parents = (torch.arange(B).repeat_interleave(K) * K
-                       + torch.randint(0, K, (B * K,), generator=g))  # within each sentence
-            copied = copied.reorder(parents)
-            shared = shared.reorder(parents, keep=shared.per_source)
-        assert shared.memory.shape[0] == B and shared.memory_kv[0] is not None or not use_cache
-        going, width = torch.tensor([0, 2, 3]), 2  # sentence 1 leaves; 2 beams each
-        parents = going.repeat_interleave(width) * K + torch.tensor([2, 0] * 3)
-        copied = copied.reorder(parents)
-        shared = dataclasses.replace(shared.reorder(parents, keep=shared.per_source)
-                                     .reorder(going, only=shared.per_source), beams=width)
-        for _ in range(2):
-            copied, shared = step_both(copied, shared)
-    assert shared.memory.shape[0] == 3 and copied.memory.shape[0] == 6
+        whole = block(X, memory, src_valid_len)
+        steps = [block(X[:, t:t + 1], memory, src_valid_len, cache, memory_cache)
+                 for t in range(5)]
+    close(torch.cat(steps, dim=1), whole)
+    assert cache.length == 5 and memory_cache.length == 4
 
 
-def test_beams_state_reorders_its_per_source_fields_apart():
-    model = make_model()
+def test_cache_projects_the_encoder_memory_only_once():
+    """With the cache, cross-attention keys/values of the memory are projected at the first
+    step and reused; without it they are projected at every step."""
+    torch.manual_seed(0)
+    cached_model = Transformer(TransformerConfig.tiny(V_SRC, V_TGT)).eval()
+    for model, expected in ((cached_model, 1), (uncached_copy(cached_model), 3)):
+        calls = []
+        for block in model.decoder.blocks:
+            block.cross_attention.W_k.register_forward_hook(
+                lambda *args, calls=calls: calls.append(1))
+        state = model.encode(torch.randint(3, V_SRC, (2, 5)), torch.tensor([5, 3]))
+        token = torch.ones(2, 1, dtype=torch.long)
+        with torch.no_grad():
+            for _ in range(3):
+                _, state = model.decode(token, state)
+        assert len(calls) == expected * len(model.decoder.blocks)
+
+
+def test_encoder_and_decoder_are_stacks_of_blocks():
+    """Encoder = blocks one after the other; Decoder likewise, each block reading the memory."""
+    model = make_model(norm_first=True)
     src, src_valid_len, dec_input = make_inputs()
-    state = dataclasses.replace(model.encode(src, src_valid_len), beams=2)
-    with pytest.raises(ValueError, match="reorder them apart"):
-        state.reorder(torch.arange(8))
-    with pytest.raises(ValueError, match=r"with B = 8, got shape \(4, 1\)"):
-        model.decode(dec_input[:, :1], state)  # 2 decoder rows per sentence: 8 rows
-    X = torch.zeros(4, 1, 32)
-    with pytest.raises(ValueError, match=r"expected 8 rows, got X \(4, 1, 32\)"):
-        model.decoder_blocks[0](X, state.memory, src_valid_len, use_cache=True, beams=2)
-
-
-def test_cache_cannot_resume_an_uncached_state():
-    model = make_model()
-    src, src_valid_len, dec_input = make_inputs()
-    state = model.encode(src, src_valid_len)
-    _, state = model.decode(dec_input[:, :2], state, use_cache=False)
-    with pytest.raises(ValueError, match="without the cache"):
-        model.decode(dec_input[:, 2:3], state, use_cache=True)
+    with torch.no_grad():
+        X = model.src_positional(model.src_embedding(src) * model.config.d_model ** 0.5)
+        memory = X
+        for block in model.encoder.blocks:
+            memory = block(memory, src_valid_len)
+        memory = model.encoder.norm(memory)
+        close(model.encoder(X, src_valid_len), memory)
+        Y = model.embed_target(dec_input)
+        for block in model.decoder.blocks:
+            Y = block(Y, memory, src_valid_len)
+        close(model.output(model.decoder.norm(Y)), model(src, src_valid_len, dec_input))
 
 
 # --- Training ----------------------------------------------------------------------------------
@@ -356,7 +354,7 @@ def test_blocks_match_torch_layers(norm_first):
     copy_block_to_torch(ours_dec, theirs_dec)
     expected = theirs_dec(Y, memory, tgt_mask=to_torch_attn_mask(causal_mask(6)),
                           memory_key_padding_mask=key_padding)
-    close(ours_dec(Y, memory, src_valid_len)[0], expected)
+    close(ours_dec(Y, memory, src_valid_len), expected)
 
 
 # --- Parity with d2l's classroom encoder block (post-LN) ---------------------------------------
@@ -380,22 +378,3 @@ def test_encoder_block_matches_d2l(d2l):
         d2ls.load_state_dict(mine.state_dict())
     with torch.no_grad():
         close(ours(X, valid_lens), theirs(X, valid_lens))
-
-
-def test_cache_projects_the_encoder_memory_only_once():
-    """With the cache, cross-attention keys/values of the memory are projected at the first
-    step and reused; without it they are projected at every step."""
-    torch.manual_seed(0)
-    model = Transformer(TransformerConfig.tiny(V_SRC, V_TGT)).eval()
-    calls = []
-    for block in model.decoder_blocks:
-        block.cross_attention.W_k.register_forward_hook(lambda *args: calls.append(1))
-    src = torch.randint(3, V_SRC, (2, 5))
-    for use_cache, expected in ((True, 1), (False, 3)):
-        calls.clear()
-        state = model.encode(src, torch.tensor([5, 3]))
-        token = torch.ones(2, 1, dtype=torch.long)
-        with torch.no_grad():
-            for _ in range(3):
-                _, state = model.decode(token, state, use_cache=use_cache)
-        assert len(calls) == expected * len(model.decoder_blocks)

@@ -11,8 +11,9 @@ with this class (``docs/results.md``). The price: autograd keeps the float mask 
 pass, 4 bytes per entry where torch keeps 1. On other devices and dtypes, and in place, torch's
 own kernel runs.
 
-    from course_lib.dropout import Dropout
-    drop = Dropout(0.1)   # a drop-in nn.Dropout: same argument, same state, same modes
+    from course_lib.fast.dropout import CheapDropout, use_cheap_dropout
+    drop = CheapDropout(0.1)   # a drop-in nn.Dropout: same argument, same state, same modes
+    use_cheap_dropout(model)   # every nn.Dropout of a model becomes a CheapDropout
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-__all__ = ["Dropout"]
+__all__ = ["CheapDropout", "use_cheap_dropout"]
 
 
-class Dropout(nn.Dropout):
+class CheapDropout(nn.Dropout):
     """``nn.Dropout(p)``, its CPU mask drawn as ``uniform[0, 1) >= p`` (see the module doc)."""
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
@@ -35,3 +36,17 @@ class Dropout(nn.Dropout):
         keep = torch.rand_like(X)  # (same shape as X) uniform in [0, 1)
         keep.ge_(self.p).mul_(1.0 / (1.0 - self.p))  # 1 / (1 - p) where kept, 0 where dropped
         return X * keep
+
+
+def use_cheap_dropout(model: nn.Module) -> nn.Module:
+    """Replace every ``nn.Dropout`` in ``model`` by a ``CheapDropout`` of the same p; return it.
+
+    Only the mask's random draws change: the parameters, the state dict and the modes stay.
+    """
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.Dropout:
+                cheap = CheapDropout(child.p, child.inplace)
+                cheap.train(child.training)
+                setattr(module, name, cheap)
+    return model

@@ -35,29 +35,21 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
-from collections.abc import Iterable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from course_lib.attention import MultiHeadAttention, SinusoidalPositionalEncoding
 from course_lib.data.batching import Batch
-from course_lib.decoding import DecodeResult
-from course_lib.dropout import Dropout
 from course_lib.losses import masked_cross_entropy
 from course_lib.masking import padding_mask
 from course_lib.models.base import inference
-from course_lib.models.transformer import (
-    EncoderBlock,
-    FeedForward,
-    TransformerConfig,
-    add_norm,
-)
+from course_lib.models.transformer import DecoderBlock, Encoder, TransformerConfig, add_norm
+from course_lib.positional import SinusoidalPositionalEncoding
+from course_lib.results import DecodeResult
 
 __all__ = ["NATConfig", "NATEncoding", "NATDecoderBlock", "NATransformer",
-           "nat_targets", "nat_loss", "nat_train_epoch", "nat_evaluate", "nat_decode"]
+           "nat_targets", "nat_loss", "nat_decode"]
 
 _DECODER_INPUTS = ("copy", "position")
 
@@ -115,18 +107,9 @@ class NATEncoding:
             self.memory, self.src_valid_len, self.src_embedded, self.length_logits)))
 
 
-class NATDecoderBlock(nn.Module):
-    """Self-attention over ALL target positions (no causal mask), cross-attention, FFN."""
-
-    def __init__(self, config: TransformerConfig):
-        super().__init__()
-        c = config
-        self.norm_first = c.norm_first
-        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, c.dropout)
-        self.cross_attention = MultiHeadAttention(c.d_model, c.num_heads, c.dropout)
-        self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
-        self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.dropout = Dropout(c.dropout)
+class NATDecoderBlock(DecoderBlock):
+    """The Transformer's decoder block, its self-attention over ALL target positions (no causal
+    mask): the same sublayers and parameters, another mask."""
 
     def forward(self, X: torch.Tensor, tgt_valid_len: torch.Tensor, memory: torch.Tensor,
                 src_valid_len: torch.Tensor) -> torch.Tensor:
@@ -153,7 +136,7 @@ class NATransformer(nn.Module):
         self.src_embedding = nn.Embedding(c.src_vocab_size, c.d_model)
         self.src_positional = SinusoidalPositionalEncoding(c.d_model, c.dropout, c.max_src_len)
         self.tgt_positional = SinusoidalPositionalEncoding(c.d_model, c.dropout, c.max_len)
-        self.encoder_blocks = nn.ModuleList(EncoderBlock(blocks) for _ in range(c.num_layers))
+        self.encoder = Encoder(blocks)  # the Transformer's encoder
         # A mean cannot count, so the source length joins the pooled encoder output.
         self.source_length_embedding = nn.Embedding(c.max_src_len + 1, c.d_model)
         self.length_predictor = nn.Linear(c.d_model, c.max_len + 1)  # D -> C
@@ -162,8 +145,7 @@ class NATransformer(nn.Module):
                                  if c.decoder_input == "position" else None)
         self.decoder_blocks = nn.ModuleList(NATDecoderBlock(blocks)
                                             for _ in range(c.num_layers))
-        # Pre-LN leaves the residual stream un-normalised, so each stack ends with a LayerNorm.
-        self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        # Pre-LN leaves the residual stream un-normalised, so the stack ends with a LayerNorm.
         self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
         self.output = nn.Linear(c.d_model, c.tgt_vocab_size)
 
@@ -181,9 +163,7 @@ class NATransformer(nn.Module):
                              f"got {src_valid_len.tolist()}")
         embedded = self.src_embedding(src)  # (B, T_src, D)
         X = self.src_positional(embedded * math.sqrt(self.config.d_model))
-        for block in self.encoder_blocks:
-            X = block(X, src_valid_len)
-        memory = self.encoder_norm(X)  # (B, T_src, D)
+        memory = self.encoder(X, src_valid_len)  # (B, T_src, D)
         return NATEncoding(memory, src_valid_len, embedded,
                            self.predict_length(memory, src_valid_len))
 
@@ -300,46 +280,6 @@ def nat_loss(model: NATransformer, batch: Batch, *, length_weight: float = 0.1,
                  "length_accuracy": float((length_logits.argmax(dim=-1) == lengths).float()
                                           .mean())}
     return token_loss + length_weight * length_loss, parts
-
-
-def nat_train_epoch(model: NATransformer, loader: Iterable[Batch],
-                    optimizer: torch.optim.Optimizer, *, length_weight: float = 0.1,
-                    label_smoothing: float = 0.0, clip_grad: float | None = 1.0,
-                    ) -> dict[str, float]:
-    """One pass over ``loader``; returns the mean ``loss``, ``token_loss``, ``length_loss``
-    (per batch), ``tokens`` and ``seconds``."""
-    model.train()
-    totals = {"loss": 0.0, "token_loss": 0.0, "length_loss": 0.0}
-    num_batches, tokens, start = 0, 0, time.perf_counter()
-    for batch in loader:
-        loss, parts = nat_loss(model, batch, length_weight=length_weight,
-                               label_smoothing=label_smoothing)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if clip_grad:
-            nn.utils.clip_grad_norm_(model.parameters(), clip_grad)
-        optimizer.step()
-        totals["loss"] += loss.item()
-        totals["token_loss"] += parts["token_loss"]
-        totals["length_loss"] += parts["length_loss"]
-        num_batches += 1
-        tokens += batch.num_target_tokens
-    result = {k: v / max(num_batches, 1) for k, v in totals.items()}
-    return result | {"tokens": tokens, "seconds": time.perf_counter() - start}
-
-
-def nat_evaluate(model: NATransformer, loader: Iterable[Batch], *,
-                 length_weight: float = 0.1) -> dict[str, float]:
-    """Mean loss parts and accuracies over ``loader`` (gold lengths), in eval mode."""
-    sums: dict[str, float] = {}
-    num_batches = 0
-    with inference(model):
-        for batch in loader:
-            loss, parts = nat_loss(model, batch, length_weight=length_weight)
-            for key, value in (parts | {"loss": float(loss)}).items():
-                sums[key] = sums.get(key, 0.0) + value
-            num_batches += 1
-    return {key: value / max(num_batches, 1) for key, value in sums.items()}
 
 
 # --- decoding ---------------------------------------------------------------------------------

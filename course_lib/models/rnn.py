@@ -117,7 +117,6 @@ class GRUState(DecoderState):
     hidden: torch.Tensor  # (L, B, H)
     context: torch.Tensor  # (B, H): the encoder's final top-layer state
     batch_dims: ClassVar[dict[str, int]] = {"hidden": 1}
-    per_source: ClassVar[tuple[str, ...]] = ("context",)
 
 
 class Seq2SeqGRU(EncoderDecoder):
@@ -159,7 +158,6 @@ class BahdanauState(DecoderState):
     src_valid_len: torch.Tensor  # (B,)
     hidden: torch.Tensor  # (L, B, H)
     batch_dims: ClassVar[dict[str, int]] = {"hidden": 1}
-    per_source: ClassVar[tuple[str, ...]] = ("enc_outputs", "src_valid_len")
 
 
 class Seq2SeqBahdanau(EncoderDecoder):

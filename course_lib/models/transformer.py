@@ -1,10 +1,18 @@
-"""The Transformer encoder-decoder (Vaswani et al., 2017), with a key/value cache for decoding.
+"""The Transformer encoder-decoder (Vaswani et al., 2017), written to be read.
 
 # B batch · T time (T_src source, T_new new decoder tokens, T_past earlier ones) · H heads
-# D model width (d_model) · V vocabulary size
+# D model width (d_model) · V vocabulary size · N blocks per stack (num_layers)
 
-One concept per class: ``FeedForward``, ``EncoderBlock``, ``DecoderBlock``, ``Transformer``.
-Masks follow ``course_lib.masking`` (bool, True = keep)::
+    source tokens (B, T_src) -> src_embedding + src_positional -> Encoder -> memory (B, T_src, D)
+    target tokens (B, T_new) -> tgt_embedding + tgt_positional -> Decoder (reads memory)
+                             -> output (D -> V) -> logits (B, T_new, V)
+
+    Encoder: N x EncoderBlock = self-attention, feed-forward
+    Decoder: N x DecoderBlock = causal self-attention, cross-attention to memory, feed-forward
+
+Every sublayer is wrapped in "add & norm" (``add_norm``): a residual connection and a
+LayerNorm, after the sum (post-LN, the paper) or before the sublayer (pre-LN). Masks follow
+``course_lib.masking`` (bool, True = keep)::
 
     from course_lib.models.transformer import Transformer, TransformerConfig
     model = Transformer(TransformerConfig.tiny(src_vocab_size=20, tgt_vocab_size=20))
@@ -14,38 +22,34 @@ Masks follow ``course_lib.masking`` (bool, True = keep)::
 
 THE KEY/VALUE CACHE. Decoding token by token, position t's self-attention needs the keys and
 values of positions 0..t. Those of earlier positions never change (the mask is causal), so each
-``DecoderBlock`` keeps its projected keys and values, (B, H, T_past, D/H), in the state and
-projects only the new tokens. We cache projected K/V rather than the block inputs because that
-is what "KV cache" means in every production decoder, and it saves the W_k/W_v projections of
-all earlier positions at every step as well as their queries, FFN and cross-attention. The keys
-and values of the encoder memory for cross-attention never change during decoding, so they are
-projected once, at the first step, and kept in the state too. Both caches go through
-``MultiHeadAttention.split_heads`` and ``.attend``, the same code as ``forward``.
+decoder block's self-attention keeps them in a ``KVCache`` and projects only the new tokens.
+The encoder memory never changes either: cross-attention projects its keys and values once,
+at the first step, into a frozen ``KVCache``. The caches travel in the decoding state, one
+pair per block, and go into the attention modules as an argument (``course_lib.attention``).
+``Transformer(config, use_cache=False)`` decodes without them, running every earlier token
+again at each step: the same numbers, more work (lesson 12 measures it).
+
+Faster decoding of this same model (beams sharing their sentence's memory, buffers, a padded
+output layer) is in ``course_lib.fast``, tested equal to this file.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from typing import ClassVar
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from course_lib.attention import (
-    LearnedPositionalEncoding,
-    MultiHeadAttention,
-    SinusoidalPositionalEncoding,
-)
-from course_lib.dropout import Dropout
-from course_lib.masking import causal_mask, padding_mask
+from course_lib.attention import KVCache, MultiHeadAttention
+from course_lib.masking import causal_mask
 from course_lib.models.base import DecoderState, EncoderDecoder
+from course_lib.positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding
 
 __all__ = ["TransformerConfig", "FeedForward", "add_norm", "EncoderBlock", "DecoderBlock",
-           "TransformerState", "Transformer", "count_parameters"]
-
-KVCache = tuple[torch.Tensor, torch.Tensor]  # keys, values: each (B, H, T_past, D/H)
+           "Encoder", "Decoder", "TransformerState", "Transformer", "count_parameters"]
 
 
 @dataclasses.dataclass
@@ -92,14 +96,14 @@ class FeedForward(nn.Module):
         super().__init__()
         self.linear1 = nn.Linear(d_model, d_ff)
         self.linear2 = nn.Linear(d_ff, d_model)
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, X: torch.Tensor) -> torch.Tensor:
         return self.linear2(self.dropout(F.relu(self.linear1(X))))  # (B, T, D)
 
 
-def add_norm(X: torch.Tensor, sublayer, norm: nn.LayerNorm, dropout: nn.Module,
-              norm_first: bool) -> torch.Tensor:
+def add_norm(X: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor],
+             norm: nn.LayerNorm, dropout: nn.Module, norm_first: bool) -> torch.Tensor:
     """Residual connection: post-LN norm(X + f(X)), or pre-LN X + f(norm(X))."""
     if norm_first:
         return X + dropout(sublayer(norm(X)))
@@ -117,12 +121,12 @@ class EncoderBlock(nn.Module):
                                                  use_sdpa=c.use_sdpa)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
-        self.dropout = Dropout(c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, X: torch.Tensor, valid_lens: torch.Tensor | None = None) -> torch.Tensor:
         """X (B, T_src, D), valid_lens (B,) real source lengths; returns (B, T_src, D)."""
         X = add_norm(X, lambda h: self.self_attention(h, h, h, valid_lens), self.norm1,
-                      self.dropout, self.norm_first)
+                     self.dropout, self.norm_first)  # every token reads every real token
         return add_norm(X, self.ffn, self.norm2, self.dropout, self.norm_first)
 
 
@@ -139,79 +143,60 @@ class DecoderBlock(nn.Module):
                                                   use_sdpa=c.use_sdpa)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
-        self.dropout = Dropout(c.dropout)
+        self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, X: torch.Tensor, memory: torch.Tensor, src_valid_len: torch.Tensor | None,
-                past: KVCache | None = None, use_cache: bool = False,
-                memory_kv: KVCache | None = None, beams: int = 1,
-                ) -> tuple[torch.Tensor, KVCache | None, KVCache | None]:
-        """Run the new decoder positions; returns (B, T_new, D) and the block's updated caches.
+                cache: KVCache | None = None, memory_cache: KVCache | None = None
+                ) -> torch.Tensor:
+        """Decoder positions X (B, T_new, D) reading memory (B, T_src, D); returns (B, T_new, D).
 
-        Args:
-            X: (B, T_new, D) the new positions. memory: (B, T_src, D) encoder output, or
-                (B / beams, T_src, D): see ``beams``.
-            src_valid_len: (B,) real source lengths (or (B / beams,)): cross-attention ignores
-                source padding.
-            past: self-attention keys and values (B, H, T_past, D/H) of earlier positions.
-            use_cache: attend through ``past`` and return the grown cache, and project the
-                memory's keys/values once (``memory_kv``); else plain causal self-attention
-                over X alone (teacher forcing, uncached decoding).
-            memory_kv: cross-attention keys and values (B / beams, H, T_src, D/H) from an
-                earlier step.
-            beams: rows of X per row of memory: rows s*beams .. s*beams + beams - 1 of X (beam
-                search's hypotheses of sentence s) all read memory row s.
-        Returns (output, self-attention cache, memory keys/values); the caches are None
-        without ``use_cache``.
+        Without a cache X holds every position (teacher forcing). With ``cache`` (the keys and
+        values of T_past earlier positions) X holds only the new positions; ``cache`` and
+        ``memory_cache`` are updated in place. ``src_valid_len`` (B,): source padding is ignored.
         """
-        if memory.shape[0] * beams != X.shape[0]:
-            raise ValueError(f"X must have beams = {beams} rows per memory row: expected "
-                             f"{memory.shape[0] * beams} rows, got X {tuple(X.shape)}")
-        new_cache = None
+        T_past = 0 if cache is None else cache.length
+        keep = causal_mask(X.shape[1], T_past + X.shape[1], device=X.device)  # (T_new, T_all)
+        X = add_norm(X, lambda h: self.self_attention(h, h, h, mask=keep, cache=cache),
+                     self.norm1, self.dropout, self.norm_first)
+        X = add_norm(X, lambda h: self.cross_attention(h, memory, memory, src_valid_len,
+                                                       cache=memory_cache),
+                     self.norm2, self.dropout, self.norm_first)
+        return add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
 
-        def self_attend(h: torch.Tensor) -> torch.Tensor:
-            nonlocal new_cache
-            if not use_cache:
-                return self.self_attention(h, h, h, mask=causal_mask(h.shape[1], device=h.device))
-            mha = self.self_attention
-            q, k, v = (mha.split_heads(W(h)) for W in (mha.W_q, mha.W_k, mha.W_v))
-            if past is not None:  # torch.cat makes new tensors: the old state stays valid
-                k = torch.cat([past[0], k], dim=2)  # (B, H, T_past + T_new, D/H)
-                v = torch.cat([past[1], v], dim=2)
-            new_cache = (k, v)
-            # One new token may see every position so far: no mask needed (the same numbers).
-            keep = (None if h.shape[1] == 1
-                    else causal_mask(h.shape[1], k.shape[2], device=h.device))  # (T_new, T_all)
-            return mha.attend(q, k, v, keep)
 
-        def cross_attend(h: torch.Tensor) -> torch.Tensor:
-            nonlocal memory_kv
-            if not use_cache:
-                if beams == 1:
-                    return self.cross_attention(h, memory, memory, src_valid_len)
-                rows = [None if t is None else t.repeat_interleave(beams, dim=0)
-                        for t in (memory, src_valid_len)]  # a memory row per row of h
-                return self.cross_attention(h, rows[0], rows[0], rows[1])
-            mha = self.cross_attention
-            if memory_kv is None:
-                memory_kv = (mha.split_heads(mha.W_k(memory)), mha.split_heads(mha.W_v(memory)))
-            keep = padding_mask(src_valid_len, memory.shape[1])[:, None, None, :]  # (S,1,1,T_src)
-            q = mha.split_heads(mha.W_q(h))  # (B, H, T_new, D/H)
-            if beams == 1:
-                return mha.attend(q, *memory_kv, keep)
-            # The beams of sentence s are beams more queries on its one memory row:
-            # (S*beams, H, T_new, D/H) -> (S, H, beams*T_new, D/H), query w*T_new + t.
-            (B, H, T_new, d_head), S = q.shape, q.shape[0] // beams
-            q = q.view(S, beams, H, T_new, d_head).transpose(1, 2).reshape(S, H, -1, d_head)
-            out = mha.attend(q, *memory_kv, keep)  # (S, beams*T_new, D)
-            if mha.attention_weights is not None:  # back to one row per hypothesis
-                mha.attention_weights = (mha.attention_weights.view(S, H, beams, T_new, -1)
-                                         .transpose(1, 2).reshape(B, H, T_new, -1))
-            return out.view(B, T_new, -1)
+class Encoder(nn.Module):
+    """N encoder blocks, one after the other (pre-LN adds a final LayerNorm)."""
 
-        X = add_norm(X, self_attend, self.norm1, self.dropout, self.norm_first)
-        X = add_norm(X, cross_attend, self.norm2, self.dropout, self.norm_first)
-        X = add_norm(X, self.ffn, self.norm3, self.dropout, self.norm_first)
-        return X, new_cache, (memory_kv if use_cache else None)
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(EncoderBlock(config) for _ in range(config.num_layers))
+        # Pre-LN leaves the residual stream un-normalised, so the stack ends with a LayerNorm.
+        self.norm = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
+
+    def forward(self, X: torch.Tensor, src_valid_len: torch.Tensor) -> torch.Tensor:
+        """Embedded source X (B, T_src, D) -> memory (B, T_src, D)."""
+        for block in self.blocks:
+            X = block(X, src_valid_len)
+        return self.norm(X)
+
+
+class Decoder(nn.Module):
+    """N decoder blocks, each reading the encoder memory (pre-LN adds a final LayerNorm)."""
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        self.blocks = nn.ModuleList(DecoderBlock(config) for _ in range(config.num_layers))
+        self.norm = nn.LayerNorm(config.d_model) if config.norm_first else nn.Identity()
+
+    def forward(self, X: torch.Tensor, memory: torch.Tensor, src_valid_len: torch.Tensor,
+                caches: list[KVCache] | None = None,
+                memory_caches: list[KVCache] | None = None) -> torch.Tensor:
+        """Embedded decoder positions X (B, T_new, D) -> (B, T_new, D); caches: one per block."""
+        for i, block in enumerate(self.blocks):
+            cache = None if caches is None else caches[i]
+            memory_cache = None if memory_caches is None else memory_caches[i]
+            X = block(X, memory, src_valid_len, cache, memory_cache)
+        return self.norm(X)
 
 
 class _NoPositionalEncoding(nn.Module):
@@ -219,7 +204,7 @@ class _NoPositionalEncoding(nn.Module):
 
     def __init__(self, d_model: int, dropout: float = 0.0, max_len: int = 0):
         super().__init__()
-        self.dropout = Dropout(dropout)
+        self.dropout = nn.Dropout(dropout)
 
     def forward(self, X: torch.Tensor, offset: int = 0) -> torch.Tensor:
         return self.dropout(X)
@@ -231,43 +216,29 @@ _POSITIONAL = {"sinusoidal": SinusoidalPositionalEncoding, "learned": LearnedPos
 
 @dataclasses.dataclass
 class TransformerState(DecoderState):
-    """What ``Transformer.decode`` carries from step to step (``offset`` is not reordered).
+    """What ``Transformer.decode`` carries from one step to the next."""
 
-    B counts decoder rows and S source rows. After ``encode`` they are equal (``beams`` = 1).
-    Beam search runs ``beams`` hypotheses of each sentence in consecutive decoder rows, and
-    they share their sentence's one row of the per-source fields: its cross-attention reads
-    that memory with ``beams`` queries at once, rather than from ``beams`` copies of it, which
-    would have to be copied again every time the hypotheses are reordered.
-    """
-
-    memory: torch.Tensor                # (S, T_src, D) encoder output
-    src_valid_len: torch.Tensor         # (S,)
-    cache: list[KVCache | None]         # per decoder layer: (keys, values) (B, H, T_past, D/H)
-    memory_kv: list[KVCache | None]     # per decoder layer: memory keys, values (S, H, T_src, D/H)
-    past_tokens: torch.Tensor           # (B, T_past) decoder tokens so far (uncached decoding)
-    offset: int = 0                     # number of positions decoded so far, T_past
-    beams: int = 1                      # decoder rows per source row (beam search), see above
-    per_source: ClassVar[tuple[str, ...]] = ("memory", "src_valid_len", "memory_kv")
-    shares_sources: ClassVar[bool] = True
+    memory: torch.Tensor             # (B, T_src, D) encoder output
+    src_valid_len: torch.Tensor      # (B,)
+    past_tokens: torch.Tensor        # (B, T_past) decoder tokens fed so far
+    caches: list[KVCache] | None     # per decoder block: self-attention keys/values so far
+    memory_caches: list[KVCache] | None  # per decoder block: the memory's keys/values
 
 
 class Transformer(EncoderDecoder):
-    """Encoder and decoder stacks of Transformer blocks behind the course's model interface."""
+    """Embeddings, an ``Encoder`` and a ``Decoder``, behind the course's model interface."""
 
     def __init__(self, config: TransformerConfig, use_cache: bool = True):
         super().__init__()
         c = self.config = config
-        self.use_cache = use_cache  # default of decode(..., use_cache=None)
+        self.use_cache = use_cache  # decode with key/value caches (the same numbers, faster)
         self.src_embedding = nn.Embedding(c.src_vocab_size, c.d_model)
         self.tgt_embedding = (self.src_embedding if c.share_embeddings
                               else nn.Embedding(c.tgt_vocab_size, c.d_model))
         self.src_positional = _POSITIONAL[c.positional](c.d_model, c.dropout, c.max_len)
         self.tgt_positional = _POSITIONAL[c.positional](c.d_model, c.dropout, c.max_len)
-        self.encoder_blocks = nn.ModuleList(EncoderBlock(c) for _ in range(c.num_layers))
-        self.decoder_blocks = nn.ModuleList(DecoderBlock(c) for _ in range(c.num_layers))
-        # Pre-LN leaves the residual stream un-normalised, so each stack ends with a LayerNorm.
-        self.encoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
-        self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
+        self.encoder = Encoder(c)
+        self.decoder = Decoder(c)
         self.output = nn.Linear(c.d_model, c.tgt_vocab_size)
         if c.tie_output:
             self.output.weight = self.tgt_embedding.weight  # (V_tgt, D) serves both
@@ -276,11 +247,11 @@ class Transformer(EncoderDecoder):
             # al.'s tied models, keeps the logits near 1; the input side is scaled by sqrt(D).
             nn.init.normal_(self.tgt_embedding.weight, std=c.d_model ** -0.5)
 
-    def _embed(self, tokens: torch.Tensor, embedding: nn.Embedding, positional: nn.Module,
-               offset: int = 0) -> torch.Tensor:
+    def embed_target(self, tokens: torch.Tensor, offset: int = 0) -> torch.Tensor:
+        """Decoder inputs (B, T, D) for target tokens (B, T) at positions offset.."""
         # Scale by sqrt(D): embeddings start near unit size per entry, positions add +-1 each.
-        X = embedding(tokens) * math.sqrt(self.config.d_model)  # (B, T, D)
-        return positional(X, offset)
+        X = self.tgt_embedding(tokens) * math.sqrt(self.config.d_model)
+        return self.tgt_positional(X, offset)
 
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> TransformerState:
         """Run the encoder on src (B, T_src) with lengths (B,); the state starts empty."""
@@ -289,60 +260,49 @@ class Transformer(EncoderDecoder):
         if src_valid_len.shape != src.shape[:1]:
             raise ValueError(f"src_valid_len must be (B,) = ({src.shape[0]},), "
                              f"got {tuple(src_valid_len.shape)}")
-        X = self._embed(src, self.src_embedding, self.src_positional)  # (B, T_src, D)
-        for block in self.encoder_blocks:
-            X = block(X, src_valid_len)
-        memory = self.encoder_norm(X)
+        X = self.src_embedding(src) * math.sqrt(self.config.d_model)  # (B, T_src, D)
+        memory = self.encoder(self.src_positional(X), src_valid_len)
+        N = len(self.decoder.blocks)
+        caches = [KVCache() for _ in range(N)] if self.use_cache else None
+        memory_caches = [KVCache(frozen=True) for _ in range(N)] if self.use_cache else None
         empty = src.new_zeros(src.shape[0], 0)  # (B, 0): no decoder token yet
-        layers = len(self.decoder_blocks)
-        return TransformerState(memory, src_valid_len, [None] * layers, [None] * layers, empty)
+        return TransformerState(memory, src_valid_len, empty, caches, memory_caches)
 
-    def decode_features(self, dec_input: torch.Tensor, state: TransformerState,
-                        use_cache: bool | None = None) -> tuple[torch.Tensor, TransformerState]:
+    def decode_features(self, dec_input: torch.Tensor, state: TransformerState
+                        ) -> tuple[torch.Tensor, TransformerState]:
         """Final hidden states (B, T_new, D) of the new decoder tokens dec_input (B, T_new).
 
-        With the cache only the new tokens run, attending to earlier positions through the
-        cached keys/values; without it all tokens so far run again and the new ones' logits
-        are returned. Both give the same numbers. ``use_cache`` overrides ``self.use_cache``
-        for this call (``decode(dec_input, state, use_cache=False)`` passes it on). ``state``
-        itself is never modified.
+        With caches only the new tokens run; without, every token so far runs again and the
+        new positions are kept. ``state`` itself is never modified.
         """
-        use_cache = self.use_cache if use_cache is None else use_cache
-        B = state.memory.shape[0] * state.beams  # decoder rows
+        B = state.memory.shape[0]
         if dec_input.dim() != 2 or dec_input.shape[0] != B:
             raise ValueError(f"dec_input must be (B, T_new) token ids with B = {B}, "
                              f"got shape {tuple(dec_input.shape)}")
-        if use_cache and state.offset > 0 and state.cache[0] is None:
-            raise ValueError("this state was decoded without the cache: go on with "
-                             "use_cache=False (or start again from encode)")
-        T_new = dec_input.shape[1]
+        T_past = state.past_tokens.shape[1]
         tokens = torch.cat([state.past_tokens, dec_input], dim=1)  # (B, T_past + T_new)
-        if use_cache:
-            X = self._embed(dec_input, self.tgt_embedding, self.tgt_positional, state.offset)
-        else:
-            X = self._embed(tokens, self.tgt_embedding, self.tgt_positional)
-        cache, memory_kv = [], []
-        for block, past, kv in zip(self.decoder_blocks, state.cache, state.memory_kv, strict=True):
-            X, layer_cache, layer_kv = block(X, state.memory, state.src_valid_len, past,
-                                             use_cache, kv, state.beams)
-            cache.append(layer_cache)
-            memory_kv.append(layer_kv)
-        features = self.decoder_norm(X[:, -T_new:])  # (B, T_new, D)
-        new_state = dataclasses.replace(state, cache=cache, memory_kv=memory_kv,
-                                        past_tokens=tokens, offset=state.offset + T_new)
-        return features, new_state
+        if state.caches is None:  # no cache: all positions again, keep the new ones
+            X = self.decoder(self.embed_target(tokens), state.memory, state.src_valid_len)
+            return X[:, T_past:], dataclasses.replace(state, past_tokens=tokens)
+        # The blocks grow the caches in place: work on copies, so `state` stays as it was.
+        caches = [dataclasses.replace(cache) for cache in state.caches]
+        memory_caches = [dataclasses.replace(cache) for cache in state.memory_caches]
+        X = self.decoder(self.embed_target(dec_input, offset=T_past), state.memory,
+                         state.src_valid_len, caches, memory_caches)  # (B, T_new, D)
+        return X, dataclasses.replace(state, past_tokens=tokens, caches=caches,
+                                      memory_caches=memory_caches)
 
     def encoder_attention_weights(self) -> list[torch.Tensor | None]:
         """Per encoder layer, the last self-attention weights (B, H, T_src, T_src)."""
-        return [block.self_attention.attention_weights for block in self.encoder_blocks]
+        return [block.self_attention.attention_weights for block in self.encoder.blocks]
 
     def decoder_self_attention_weights(self) -> list[torch.Tensor | None]:
         """Per decoder layer, the last self-attention weights (B, H, T_new, T_past + T_new)."""
-        return [block.self_attention.attention_weights for block in self.decoder_blocks]
+        return [block.self_attention.attention_weights for block in self.decoder.blocks]
 
     def cross_attention_weights(self) -> list[torch.Tensor | None]:
         """Per decoder layer, the last cross-attention weights (B, H, T_new, T_src)."""
-        return [block.cross_attention.attention_weights for block in self.decoder_blocks]
+        return [block.cross_attention.attention_weights for block in self.decoder.blocks]
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -1,4 +1,5 @@
-"""course_lib.dropout.Dropout acts as torch.nn.Dropout: distribution, modes and gradient."""
+"""course_lib.fast.dropout.CheapDropout acts as torch.nn.Dropout (distribution, modes, gradient),
+and use_cheap_dropout swaps it into a model without changing anything else."""
 
 import math
 
@@ -6,9 +7,13 @@ import pytest
 import torch
 from torch import nn
 
-from course_lib.dropout import Dropout
+from course_lib.data.batching import encode_pairs
+from course_lib.data.vocab import Vocab
+from course_lib.fast.dropout import CheapDropout as Dropout
+from course_lib.fast.dropout import use_cheap_dropout
 from course_lib.models.nat import NATConfig, NATransformer
 from course_lib.models.transformer import Transformer, TransformerConfig
+from course_lib.training import train_epoch
 
 N = 200_000
 
@@ -87,10 +92,50 @@ def test_gradient_passes_through_kept_entries_only_scaled():
     assert torch.allclose(X.grad, 3.0 * kept / (1 - p))
 
 
-def test_the_course_transformers_use_it():
-    """Every dropout module of the Transformer and the NAT is this one (so they get its speed)."""
-    models = [Transformer(TransformerConfig.tiny(11, 13)),
-              NATransformer(NATConfig.tiny(11, 13))]
+def test_the_teaching_core_uses_torchs_dropout_and_the_swap_replaces_every_one():
+    """The core's models use nn.Dropout; use_cheap_dropout swaps each for a CheapDropout of the
+    same p and mode, and leaves the parameters, the state dict and other modules alone."""
+    models = [Transformer(TransformerConfig.tiny(11, 13, dropout=0.3)),
+              NATransformer(NATConfig.tiny(11, 13, dropout=0.2))]
     for model in models:
         drops = [m for m in model.modules() if isinstance(m, nn.Dropout)]
-        assert drops and all(type(m) is Dropout for m in drops), type(model)
+        assert drops and all(type(m) is nn.Dropout for m in drops), type(model)
+        model.eval()
+        before = {k: v.clone() for k, v in model.state_dict().items()}
+        names = [name for name, m in model.named_modules() if isinstance(m, nn.Dropout)]
+        assert use_cheap_dropout(model) is model
+        swapped = dict(model.named_modules())
+        assert all(type(swapped[name]) is Dropout for name in names), type(model)
+        assert {swapped[name].p for name in names} == {d.p for d in drops}
+        assert not any(swapped[name].training for name in names)  # the mode is kept
+        after = model.state_dict()
+        assert before.keys() == after.keys()
+        assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def _tiny_batch():
+    pairs = [(["a", "b", "c"], ["x", "y"]), (["b", "c"], ["y", "z", "x"]),
+             (["c", "a", "a", "b"], ["z"]), (["a"], ["x", "x", "y", "z"])]
+    src_vocab, tgt_vocab = Vocab(s for s, _ in pairs), Vocab(t for _, t in pairs)
+    return encode_pairs(pairs, src_vocab, tgt_vocab, num_steps=6), len(src_vocab), len(tgt_vocab)
+
+
+def test_training_with_cheap_dropout_gives_the_same_losses_step_by_step():
+    """Where the swap touches training: with p = 0 every step's loss is the core's exactly; with
+    p > 0 the masks differ, but training still lowers the loss as the core's does."""
+    batch, v_src, v_tgt = _tiny_batch()
+    for p, steps in ((0.0, 8), (0.3, 60)):
+        losses = []
+        for cheap in (False, True):
+            torch.manual_seed(0)
+            model = Transformer(TransformerConfig.tiny(v_src, v_tgt, dropout=p, use_sdpa=True))
+            if cheap:
+                use_cheap_dropout(model)
+            optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+            losses.append([train_epoch(model, [batch], optimizer)["loss"] for _ in range(steps)])
+        core, fast = losses
+        if p == 0.0:
+            assert fast == pytest.approx(core, rel=1e-5, abs=1e-6)
+        else:
+            assert fast != core  # another mask
+            assert fast[-1] < 0.5 * fast[0] and core[-1] < 0.5 * core[0]
