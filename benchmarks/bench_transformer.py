@@ -6,11 +6,14 @@ dropout 0.2, Adam lr 0.0015, gradient clipping at 1, batches of 128, ``num_steps
 book's masked loss. The course's side is ``course_lib.models.transformer.Transformer`` of the
 same size (``use_sdpa=True``), trained with the same optimiser, clipping and loss value
 (``course_lib.training.sequence_loss``, which computes logits only at real target positions).
+It runs twice: as the teaching core is written ("core"), and with the fast layer
+(``course_lib.fast``: ``use_cheap_dropout`` for training, ``fast=True`` for decoding), so the
+tables show what readability costs.
 
 Training: non-padding target tokens per second, for
   1. the course model on d2l's fixed-shape batches (every batch padded to num_steps);
   2. the course model on the same batches (same sentences, same order) with the columns that are
-     padding in every sentence of the batch cut off (``BatchLoader(trim=True)``);
+     padding in every sentence of the batch cut off (``BatchLoader(trim=True)``), core and fast;
   3. the course model on the same sentences bucketed by length and trimmed (what the course
      teaches, ``TranslationData(..., bucket=True)``): other batches, the same data.
 Decoding (eval mode, 1,000 test sentences, max 12 steps, source padding trimmed to each batch's
@@ -18,8 +21,8 @@ longest sentence): batches of 128 in corpus order; batches of 128 sorted by sour
 batch's sentences then end together, as fairseq and other toolkits batch at inference time);
 and all 1,000 sentences in one batch:
   d2l's ``predict_step`` (runs all 12 steps, re-projects the cached block inputs each step),
-  our greedy decoding with and without the key/value cache, and our beam search (beam 4).
-  Every candidate decodes the same batches.
+  our greedy decoding with and without the key/value cache, and our beam search (beam 4), each
+  as the core and with ``fast=True``. Every candidate decodes the same batches.
 Decoding runs on trained weights (each model first trains for the same number of batches),
 so sentences end with ``<eos>`` as real ones do.
 
@@ -35,6 +38,7 @@ All runs use 2 torch threads and are interleaved; tables give medians over ``--r
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 import time
 from pathlib import Path
@@ -50,6 +54,7 @@ from course_lib.data.fra_eng import fra_eng_dataset  # noqa: E402
 from course_lib.data.generated import numbers_dataset  # noqa: E402
 from course_lib.data.translation import TranslationData  # noqa: E402
 from course_lib.decoding import beam_search, greedy_decode  # noqa: E402
+from course_lib.fast.dropout import use_cheap_dropout  # noqa: E402
 from course_lib.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from course_lib.training import sequence_loss  # noqa: E402
 
@@ -117,23 +122,30 @@ def decoder_runs(d2l_model, ours, data: TranslationData, num_sentences: int,
                                        NUM_STEPS)
         return len(index)
 
-    def ours_greedy(use_cache: bool):
+    def ours_greedy(use_cache: bool, fast: bool):
         def run() -> float:
             ours.use_cache = use_cache
             for b in batches:
-                greedy_decode(ours, b.src, b.src_valid_len, max_len=NUM_STEPS, bos=bos, eos=eos)
+                greedy_decode(ours, b.src, b.src_valid_len, max_len=NUM_STEPS, bos=bos, eos=eos,
+                              fast=fast)
             ours.use_cache = True
             return len(index)
         return run
 
-    def ours_beam() -> float:
-        for b in batches:
-            beam_search(ours, b.src, b.src_valid_len, beam_size=4, max_len=NUM_STEPS,
-                        bos=bos, eos=eos)
-        return len(index)
+    def ours_beam(fast: bool):
+        def run() -> float:
+            for b in batches:
+                beam_search(ours, b.src, b.src_valid_len, beam_size=4, max_len=NUM_STEPS,
+                            bos=bos, eos=eos, fast=fast)
+            return len(index)
+        return run
 
-    return {"d2l predict_step": d2l_predict, "ours greedy, KV cache": ours_greedy(True),
-            "ours greedy, no cache": ours_greedy(False), "ours beam 4, KV cache": ours_beam}
+    return {"d2l predict_step": d2l_predict,
+            "core greedy, KV cache": ours_greedy(True, False),
+            "core greedy, no cache": ours_greedy(False, False),
+            "core beam 4": ours_beam(False),
+            "fast greedy": ours_greedy(True, True),
+            "fast beam 4": ours_beam(True)}
 
 
 def train_both(d2l_model, ours, data: TranslationData, quick: bool, repeats: int,
@@ -149,11 +161,14 @@ def train_both(d2l_model, ours, data: TranslationData, quick: bool, repeats: int
         trimmed_batches = [b.select(slice(None)) for b in fixed_batches]  # same rows, trimmed
         bucketed = BatchLoader(data.tensors["train"], BATCH, shuffle=True, bucket=True, seed=0)
         bucketed_batches = [b for _, b in zip(range(num_batches), bucketed, strict=False)]
+        fast = use_cheap_dropout(copy.deepcopy(ours))  # the same weights, the cheap mask
         rates = side_by_side({
             "d2l (book)": trainer(d2l_model, fixed_batches, True, pad),
-            "ours, same padded batches": trainer(ours, fixed_batches, False, pad),
-            "ours, same batches trimmed": trainer(ours, trimmed_batches, False, pad),
-            "ours, bucketed + trimmed": trainer(ours, bucketed_batches, False, pad),
+            "core, same padded batches": trainer(ours, fixed_batches, False, pad),
+            "core, same batches trimmed": trainer(ours, trimmed_batches, False, pad),
+            "fast, same batches trimmed": trainer(fast, trimmed_batches, False, pad),
+            "core, bucketed + trimmed": trainer(ours, bucketed_batches, False, pad),
+            "fast, bucketed + trimmed": trainer(fast, bucketed_batches, False, pad),
         }, repeats)
         base = median(rates["d2l (book)"])
         rows = [{"benchmark": "training", "what": name, "median_per_s": median(r),
@@ -213,11 +228,14 @@ def main(argv: list[str] | None = None) -> int:
             decoder_runs(d2l_model, ours, data, num_sentences, sort_by_length, batch_size),
             repeats)
         base = median(decode_rates["d2l predict_step"])
-        greedy = median(decode_rates["ours greedy, KV cache"])
+        greedy = {"core": median(decode_rates["core greedy, KV cache"]),
+                  "fast": median(decode_rates["fast greedy"])}
         setting = f"decoding, batches of {batch_size}, {order}"
         table = [{"benchmark": setting, "what": name, "median_per_s": median(r),
                   "unit": "sentences/s", "ratio_vs_d2l": median(r) / base,
-                  "time_vs_our_greedy": greedy / median(r), "repeats": repeats}
+                  "time_vs_our_greedy": (greedy[name.split()[0]] / median(r)
+                                         if name.split()[0] in greedy else None),
+                  "repeats": repeats}
                  for name, r in decode_rates.items()]
         print_table(f"Decoding {num_sentences} sentences, batches of {batch_size}, {order} "
                     f"(max {NUM_STEPS} steps, the same batches for all, medians of {repeats})",
