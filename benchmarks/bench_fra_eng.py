@@ -51,6 +51,7 @@ from course_lib.data.splits import PairSplits  # noqa: E402
 from course_lib.data.text import tokenize  # noqa: E402
 from course_lib.data.translation import TranslationData  # noqa: E402
 from course_lib.decoding import beam_search, greedy_decode  # noqa: E402
+from course_lib.fast.dropout import use_cheap_dropout  # noqa: E402
 from course_lib.models.rnn import Seq2SeqBahdanau, Seq2SeqGRU  # noqa: E402
 from course_lib.models.transformer import Transformer, TransformerConfig  # noqa: E402
 from course_lib.training import NoamSchedule, set_seed, train_epoch  # noqa: E402
@@ -135,10 +136,13 @@ def build_model(recipe: Recipe, data: TranslationData) -> torch.nn.Module:
         if recipe.arch == "transformer":
             model.decoder.fix_positions = True  # decode with the right positions (see d2l_book)
         return model
+    # The course's models train with the fast layer's dropout mask (course_lib.fast: the same
+    # distribution, cheaper on CPU) and decode with fast=True (the same tokens, faster).
     if recipe.arch == "transformer":
-        return Transformer(TransformerConfig(src_v, tgt_v, use_sdpa=True, **recipe.sizes))
+        return use_cheap_dropout(Transformer(TransformerConfig(src_v, tgt_v, use_sdpa=True,
+                                                               **recipe.sizes)))
     model_class = Seq2SeqGRU if recipe.arch == "gru" else Seq2SeqBahdanau
-    return model_class(src_v, tgt_v, **recipe.sizes)
+    return use_cheap_dropout(model_class(src_v, tgt_v, **recipe.sizes))
 
 
 def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: float) -> dict:
@@ -199,12 +203,12 @@ def translate_test(recipe: Recipe, model, data: TranslationData, beam_size: int,
             elif beam_size == 1:
                 sentences = greedy_decode(model, batch.src, batch.src_valid_len,
                                           max_len=recipe.max_len, bos=vocab.bos,
-                                          eos=vocab.eos).to_sentences(vocab)
+                                          eos=vocab.eos, fast=True).to_sentences(vocab)
             else:
                 sentences = beam_search(model, batch.src, batch.src_valid_len,
                                         beam_size=beam_size, max_len=recipe.max_len,
                                         length_penalty=recipe.length_penalty, bos=vocab.bos,
-                                        eos=vocab.eos).to_sentences(vocab)
+                                        eos=vocab.eos, fast=True).to_sentences(vocab)
             hypotheses.update(zip(chunk.tolist(), sentences, strict=True))
     return [hypotheses[i] for i in range(len(index))]
 

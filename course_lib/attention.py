@@ -116,13 +116,17 @@ def scaled_dot_product(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return mixing @ v, weights  # (..., T_q, d_v), (..., T_q, T_k)
 
 
-class DotProductAttention(nn.Module):
-    """Scaled dot-product attention without parameters: queries and keys must share a width."""
+class _Attention(nn.Module):
+    """What every attention module keeps: dropout on the weights, and the last weights."""
 
     def __init__(self, dropout: float = 0.0):
         super().__init__()
         self.dropout = nn.Dropout(dropout)
-        self.attention_weights: torch.Tensor | None = None
+        self.attention_weights: torch.Tensor | None = None  # for plots, (B, [H,] T_q, T_k)
+
+
+class DotProductAttention(_Attention):
+    """Scaled dot-product attention without parameters: queries and keys must share a width."""
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 valid_lens: torch.Tensor | None = None, *,
@@ -152,7 +156,7 @@ class DotProductAttention(nn.Module):
         return out
 
 
-class AdditiveAttention(nn.Module):
+class AdditiveAttention(_Attention):
     """Bahdanau's attention: a one-hidden-layer MLP scores each (query, key) pair.
 
     Queries and keys may have different widths, ``query_size`` and ``key_size`` (both default to
@@ -161,14 +165,12 @@ class AdditiveAttention(nn.Module):
 
     def __init__(self, num_hiddens: int, dropout: float = 0.0, *, query_size: int | None = None,
                  key_size: int | None = None):
-        super().__init__()
+        super().__init__(dropout)
         self.query_size = num_hiddens if query_size is None else query_size
         self.key_size = num_hiddens if key_size is None else key_size
         self.W_q = nn.Linear(self.query_size, num_hiddens, bias=False)
         self.W_k = nn.Linear(self.key_size, num_hiddens, bias=False)
         self.w_v = nn.Linear(num_hiddens, 1, bias=False)
-        self.dropout = nn.Dropout(dropout)
-        self.attention_weights: torch.Tensor | None = None
 
     def forward(self, queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor,
                 valid_lens: torch.Tensor | None = None, *,

@@ -32,7 +32,7 @@ from typing import Any
 import torch
 from torch import nn
 
-__all__ = ["DecoderState", "EncoderDecoder", "inference"]
+__all__ = ["DecoderState", "EncoderDecoder", "check_source", "inference"]
 
 
 @dataclasses.dataclass
@@ -107,16 +107,27 @@ class EncoderDecoder(nn.Module):
         return self.output(self.features(src, src_valid_len, dec_input))
 
 
-def _check_batch(src: torch.Tensor, src_valid_len: torch.Tensor,
-                 dec_input: torch.Tensor) -> None:
-    """ValueError naming expected and actual shapes for the usual mistakes."""
-    if src.dim() != 2:
-        raise ValueError(f"src must be (B, T_src) token ids, got shape {tuple(src.shape)}")
-    if dec_input.dim() != 2:
-        raise ValueError(f"dec_input must be (B, T_tgt) token ids, got {tuple(dec_input.shape)}")
+def check_source(src: torch.Tensor, src_valid_len: torch.Tensor, min_length: int = 0) -> None:
+    """ValueError naming expected and actual shapes for a malformed source batch: src must be
+    (B, T_src) token ids with T_src >= 1, src_valid_len (B,) lengths in min_length..T_src."""
+    if src.dim() != 2 or src.shape[1] == 0:
+        raise ValueError(f"src must be (B, T_src) token ids with T_src >= 1, "
+                         f"got shape {tuple(src.shape)}")
     if src_valid_len.shape != src.shape[:1]:
         raise ValueError(f"src_valid_len must be (B,) = ({src.shape[0]},), "
                          f"got {tuple(src_valid_len.shape)}")
+    T_src = src.shape[1]
+    if bool((src_valid_len > T_src).any()) or bool((src_valid_len < min_length).any()):
+        raise ValueError(f"src_valid_len must lie in {min_length}..T_src = {min_length}.."
+                         f"{T_src}, got {src_valid_len.tolist()}")
+
+
+def _check_batch(src: torch.Tensor, src_valid_len: torch.Tensor,
+                 dec_input: torch.Tensor) -> None:
+    """ValueError naming expected and actual shapes for the usual mistakes."""
+    check_source(src, src_valid_len)
+    if dec_input.dim() != 2:
+        raise ValueError(f"dec_input must be (B, T_tgt) token ids, got {tuple(dec_input.shape)}")
     if dec_input.shape[0] != src.shape[0]:
         raise ValueError(f"src and dec_input batch sizes differ: {src.shape[0]} vs "
                          f"{dec_input.shape[0]}")

@@ -43,7 +43,7 @@ from torch.nn import functional as F
 from course_lib.data.batching import Batch
 from course_lib.losses import masked_cross_entropy
 from course_lib.masking import padding_mask
-from course_lib.models.base import inference
+from course_lib.models.base import check_source, inference
 from course_lib.models.transformer import DecoderBlock, Encoder, TransformerConfig, add_norm
 from course_lib.positional import SinusoidalPositionalEncoding
 from course_lib.results import DecodeResult
@@ -55,41 +55,33 @@ _DECODER_INPUTS = ("copy", "position")
 
 
 @dataclasses.dataclass
-class NATConfig:
-    """Sizes and switches of a NAT; ``tiny`` gives a model that trains in seconds on CPU."""
+class NATConfig(TransformerConfig):
+    """The sizes of a ``TransformerConfig`` (its blocks are the NAT's) and the NAT's own fields.
 
-    src_vocab_size: int
-    tgt_vocab_size: int
-    d_model: int = 64            # width of every token representation
-    num_heads: int = 4           # d_model must be divisible by num_heads
-    num_layers: int = 2          # blocks in the encoder, and in the decoder
-    d_ff: int = 128              # hidden width of the position-wise feed-forward network
-    dropout: float = 0.1         # after attention, FFN, and embeddings + positions
+    ``max_len`` is the longest target length the length predictor can output. The NAT's
+    positions are sinusoidal and its embeddings are neither shared nor tied; ``tiny`` gives a
+    model that trains in seconds on CPU.
+    """
+
     max_len: int = 32            # longest target length the length predictor can output
     max_src_len: int = 256       # longest source the positional encoding covers
     decoder_input: str = "copy"  # "copy": uniform copy of source embeddings; "position": queries
-    norm_first: bool = False     # False: post-LN as in the paper; True: pre-LN + final norms
 
     def __post_init__(self):
-        self.block_config()  # the Transformer's own checks (d_model divisible by num_heads)
+        super().__post_init__()  # the Transformer's own checks (d_model divisible by num_heads)
         if self.max_len < 1:
             raise ValueError(f"max_len must be >= 1, got {self.max_len}")
         if self.decoder_input not in _DECODER_INPUTS:
             raise ValueError(f"decoder_input must be one of {_DECODER_INPUTS}, "
                              f"got {self.decoder_input!r}")
+        if self.share_embeddings or self.tie_output or self.positional != "sinusoidal":
+            raise ValueError("a NAT uses sinusoidal positions and embeddings of its own: leave "
+                             "share_embeddings, tie_output and positional at their defaults")
 
     @classmethod
     def tiny(cls, src_vocab_size: int, tgt_vocab_size: int, **changes) -> NATConfig:
         """A model small enough for unit tests and CPU demos."""
-        sizes = dict(d_model=32, num_heads=2, num_layers=2, d_ff=64, dropout=0.0, max_len=16)
-        return cls(src_vocab_size, tgt_vocab_size, **(sizes | changes))
-
-    def block_config(self) -> TransformerConfig:
-        """The same sizes as a ``TransformerConfig``, for the Transformer's blocks."""
-        return TransformerConfig(self.src_vocab_size, self.tgt_vocab_size, d_model=self.d_model,
-                                 num_heads=self.num_heads, num_layers=self.num_layers,
-                                 d_ff=self.d_ff, dropout=self.dropout,
-                                 norm_first=self.norm_first, max_len=self.max_len)
+        return super().tiny(src_vocab_size, tgt_vocab_size, **({"max_len": 16} | changes))
 
 
 @dataclasses.dataclass
@@ -132,18 +124,17 @@ class NATransformer(nn.Module):
     def __init__(self, config: NATConfig):
         super().__init__()
         c = self.config = config
-        blocks = c.block_config()
         self.src_embedding = nn.Embedding(c.src_vocab_size, c.d_model)
         self.src_positional = SinusoidalPositionalEncoding(c.d_model, c.dropout, c.max_src_len)
         self.tgt_positional = SinusoidalPositionalEncoding(c.d_model, c.dropout, c.max_len)
-        self.encoder = Encoder(blocks)  # the Transformer's encoder
+        self.encoder = Encoder(c)  # the Transformer's encoder
         # A mean cannot count, so the source length joins the pooled encoder output.
         self.source_length_embedding = nn.Embedding(c.max_src_len + 1, c.d_model)
         self.length_predictor = nn.Linear(c.d_model, c.max_len + 1)  # D -> C
         # "position" decoder inputs: one learned query vector per target position.
         self.position_queries = (nn.Embedding(c.max_len, c.d_model)
                                  if c.decoder_input == "position" else None)
-        self.decoder_blocks = nn.ModuleList(NATDecoderBlock(blocks)
+        self.decoder_blocks = nn.ModuleList(NATDecoderBlock(c)
                                             for _ in range(c.num_layers))
         # Pre-LN leaves the residual stream un-normalised, so the stack ends with a LayerNorm.
         self.decoder_norm = nn.LayerNorm(c.d_model) if c.norm_first else nn.Identity()
@@ -153,14 +144,7 @@ class NATransformer(nn.Module):
 
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> NATEncoding:
         """Run the encoder on src (B, T_src) with lengths (B,) and score the target lengths."""
-        if src.dim() != 2:
-            raise ValueError(f"src must be (B, T_src) token ids, got shape {tuple(src.shape)}")
-        if src_valid_len.shape != src.shape[:1]:
-            raise ValueError(f"src_valid_len must be (B,) = ({src.shape[0]},), "
-                             f"got {tuple(src_valid_len.shape)}")
-        if bool((src_valid_len < 1).any()) or bool((src_valid_len > src.shape[1]).any()):
-            raise ValueError(f"src_valid_len must lie in 1..T_src = 1..{src.shape[1]}, "
-                             f"got {src_valid_len.tolist()}")
+        check_source(src, src_valid_len, min_length=1)  # an empty source has no mean
         embedded = self.src_embedding(src)  # (B, T_src, D)
         X = self.src_positional(embedded * math.sqrt(self.config.d_model))
         memory = self.encoder(X, src_valid_len)  # (B, T_src, D)

@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from course_lib.attention import AdditiveAttention
-from course_lib.models.base import DecoderState, EncoderDecoder
+from course_lib.models.base import DecoderState, EncoderDecoder, check_source
 
 __all__ = ["GRUEncoder", "GRUState", "Seq2SeqGRU", "BahdanauState", "Seq2SeqBahdanau"]
 
@@ -45,19 +45,6 @@ def init_weights(module: nn.Module) -> None:
         for name, param in module.named_parameters():
             if name.startswith("weight"):
                 nn.init.xavier_uniform_(param)
-
-
-def _check_source(src: torch.Tensor, src_valid_len: torch.Tensor) -> None:
-    """ValueError naming expected and actual shapes for a malformed source batch."""
-    if src.dim() != 2 or src.shape[1] == 0:
-        raise ValueError(f"src must be (B, T_src) token ids with T_src >= 1, "
-                         f"got shape {tuple(src.shape)}")
-    if src_valid_len.shape != src.shape[:1]:
-        raise ValueError(f"src_valid_len must be (B,) = ({src.shape[0]},), "
-                         f"got {tuple(src_valid_len.shape)}")
-    if bool((src_valid_len > src.shape[1]).any()) or bool((src_valid_len < 0).any()):
-        raise ValueError(f"src_valid_len must lie in [0, T_src = {src.shape[1]}], "
-                         f"got {src_valid_len.tolist()}")
 
 
 def _check_dec_input(dec_input: torch.Tensor, batch_size: int) -> None:
@@ -92,7 +79,7 @@ class GRUEncoder(nn.Module):
             src: (B, T_src) token ids. src_valid_len: (B,) real lengths; outputs past them are 0.
         A length of 0 is read as 1 (the state after the first, padding, token) so nothing breaks.
         """
-        _check_source(src, src_valid_len)
+        check_source(src, src_valid_len)
         B, T = src.shape
         X = self.embedding(src)  # (B, T, E)
         # Packing makes the GRU stop at each sequence's last real token (both directions).
@@ -125,6 +112,9 @@ class Seq2SeqGRU(EncoderDecoder):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, embed_size: int = 32,
                  num_hiddens: int = 64, num_layers: int = 1, dropout: float = 0.0,
                  bidirectional_encoder: bool = False):
+        """embed_size: token embedding width E; num_hiddens: GRU state width H; num_layers:
+        stacked GRU layers (dropout between them); bidirectional_encoder: the encoder also reads
+        right to left."""
         super().__init__()
         self.encoder = GRUEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout,
                                   bidirectional=bidirectional_encoder)
@@ -154,10 +144,10 @@ class Seq2SeqGRU(EncoderDecoder):
 class BahdanauState(DecoderState):
     """Decoder state of ``Seq2SeqBahdanau``: what attention reads, and the GRU hidden state."""
 
+    batch_dims: ClassVar[dict[str, int]] = {"hidden": 1}  # (L, B, H): the batch is dim 1
     enc_outputs: torch.Tensor  # (B, T_src, H_enc)
     src_valid_len: torch.Tensor  # (B,)
     hidden: torch.Tensor  # (L, B, H)
-    batch_dims: ClassVar[dict[str, int]] = {"hidden": 1}
 
 
 class Seq2SeqBahdanau(EncoderDecoder):
@@ -166,6 +156,7 @@ class Seq2SeqBahdanau(EncoderDecoder):
     def __init__(self, src_vocab_size: int, tgt_vocab_size: int, embed_size: int = 32,
                  num_hiddens: int = 64, num_layers: int = 1, dropout: float = 0.0,
                  bidirectional_encoder: bool = False):
+        """Sizes as in ``Seq2SeqGRU``; the attention's MLP has num_hiddens units."""
         super().__init__()
         self.encoder = GRUEncoder(src_vocab_size, embed_size, num_hiddens, num_layers, dropout,
                                   bidirectional=bidirectional_encoder)

@@ -45,7 +45,7 @@ from torch.nn import functional as F
 
 from course_lib.attention import KVCache, MultiHeadAttention
 from course_lib.masking import causal_mask
-from course_lib.models.base import DecoderState, EncoderDecoder
+from course_lib.models.base import DecoderState, EncoderDecoder, check_source
 from course_lib.positional import LearnedPositionalEncoding, SinusoidalPositionalEncoding
 
 __all__ = ["TransformerConfig", "FeedForward", "add_norm", "EncoderBlock", "DecoderBlock",
@@ -110,6 +110,12 @@ def add_norm(X: torch.Tensor, sublayer: Callable[[torch.Tensor], torch.Tensor],
     return norm(X + dropout(sublayer(X)))
 
 
+def _attention(config: TransformerConfig) -> MultiHeadAttention:
+    """A multi-head attention sublayer of the config's sizes."""
+    return MultiHeadAttention(config.d_model, config.num_heads, config.dropout,
+                              use_sdpa=config.use_sdpa)
+
+
 class EncoderBlock(nn.Module):
     """Self-attention over the source, then a feed-forward network; each with add & norm."""
 
@@ -117,8 +123,7 @@ class EncoderBlock(nn.Module):
         super().__init__()
         c = config
         self.norm_first = c.norm_first
-        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, c.dropout,
-                                                 use_sdpa=c.use_sdpa)
+        self.self_attention = _attention(c)
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2 = nn.LayerNorm(c.d_model), nn.LayerNorm(c.d_model)
         self.dropout = nn.Dropout(c.dropout)
@@ -137,10 +142,8 @@ class DecoderBlock(nn.Module):
         super().__init__()
         c = config
         self.norm_first = c.norm_first
-        self.self_attention = MultiHeadAttention(c.d_model, c.num_heads, c.dropout,
-                                                 use_sdpa=c.use_sdpa)
-        self.cross_attention = MultiHeadAttention(c.d_model, c.num_heads, c.dropout,
-                                                  use_sdpa=c.use_sdpa)
+        self.self_attention = _attention(c)  # over the decoder's positions so far
+        self.cross_attention = _attention(c)  # from the decoder's positions to the memory
         self.ffn = FeedForward(c.d_model, c.d_ff, c.dropout)
         self.norm1, self.norm2, self.norm3 = (nn.LayerNorm(c.d_model) for _ in range(3))
         self.dropout = nn.Dropout(c.dropout)
@@ -255,11 +258,7 @@ class Transformer(EncoderDecoder):
 
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor) -> TransformerState:
         """Run the encoder on src (B, T_src) with lengths (B,); the state starts empty."""
-        if src.dim() != 2:
-            raise ValueError(f"src must be (B, T_src) token ids, got shape {tuple(src.shape)}")
-        if src_valid_len.shape != src.shape[:1]:
-            raise ValueError(f"src_valid_len must be (B,) = ({src.shape[0]},), "
-                             f"got {tuple(src_valid_len.shape)}")
+        check_source(src, src_valid_len)
         X = self.src_embedding(src) * math.sqrt(self.config.d_model)  # (B, T_src, D)
         memory = self.encoder(self.src_positional(X), src_valid_len)
         N = len(self.decoder.blocks)
