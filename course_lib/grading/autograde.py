@@ -16,24 +16,23 @@ gradebook is written by this thread alone, one student at a time, and a student 
 fails is rolled back to the gradebook as it was before), zero points for a submission without
 the expected notebook, the integrity checks of ``course_lib.grading.integrity`` (a notebook
 with a finding is scored zero and flagged for review, with the reasons as its comment), and a
-per-student table. A student's broken code is that student's result, never a failure of the
-command; only a set-up problem (no such assignment, a broken configuration, a solution that
-fails its own tests) raises GradingError.
+per-student table; what it reads and writes in the gradebook is in ``gradebook.py``. A
+student's broken code is that student's result, never a failure of the command; only a set-up
+problem (no such assignment, a broken configuration, a solution that fails its own tests)
+raises GradingError.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import queue
 import shutil
-import sqlite3
 import sys
 import tempfile
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
@@ -51,25 +50,22 @@ from course_lib.grading.execution import (
     reference_run,
     restore_trusted_cells,
 )
-from course_lib.grading.integrity import Finding, Policy, check_submission, load_policy
+from course_lib.grading.gradebook import (
+    StudentResult,
+    database_path,
+    flag_for_review,
+    read_outputs,
+    read_result,
+    record_missing,
+    restore,
+    snapshot,
+)
+from course_lib.grading.integrity import check_submission
+from course_lib.grading.policy import Policy, load_policy
 from course_lib.grading.release import ensure_in_gradebook
 from course_lib.grading.sandbox import NOBODY, Limits
 
 __all__ = ["StudentResult", "format_summary", "grade_assignment", "submitted_students"]
-
-
-@dataclass
-class StudentResult:
-    """One student's autograding result, as recorded in the gradebook."""
-
-    student: str
-    score: float
-    max_score: float
-    failed: list[str] = field(default_factory=list)  # grade_ids of tests not fully passed
-    messages: dict[str, str] = field(default_factory=dict)  # grade_id -> why it failed
-    errors: list[str] = field(default_factory=list)  # outside the tests: cells, grading
-    flags: list[str] = field(default_factory=list)  # integrity findings: scored 0, for review
-    seconds: float = 0.0
 
 
 def submitted_students(course: Course, assignment: str) -> list[str]:
@@ -78,86 +74,6 @@ def submitted_students(course: Course, assignment: str) -> list[str]:
         return []
     return sorted(folder.name for folder in course.submitted_dir.iterdir()
                   if (folder / assignment).is_dir())
-
-
-def _record_missing(course: Course, assignment: str, student: str) -> None:
-    """Zero for every graded cell of a submission without its notebook (what nbgrader does
-    for a missing notebook in an otherwise present submission); an earlier autograded copy
-    is removed so that feedback is not made from it."""
-    shutil.rmtree(course.autograded_dir / student / assignment, ignore_errors=True)
-    with course.gradebook() as gradebook:
-        gradebook.update_or_create_student(student)
-        submission = gradebook.update_or_create_submission(assignment, student)
-        for notebook in submission.notebooks:
-            for grade in notebook.grades:
-                grade.auto_score = 0
-                grade.needs_manual_grade = False
-        gradebook.db.commit()
-
-
-def _read_result(course: Course, assignment: str, student: str,
-                 order: list[str]) -> StudentResult:
-    """Score, maximum and failed tests of one submission, from the gradebook."""
-    from nbgrader.api import MissingEntry
-
-    with course.gradebook() as gradebook:
-        try:
-            submission = gradebook.find_submission(assignment, student)
-        except MissingEntry:  # nbgrader stopped before recording the submission
-            record = gradebook.find_assignment(assignment)
-            return StudentResult(student=student, score=0.0,
-                                 max_score=float(record.max_score), failed=list(order))
-        result = StudentResult(student=student, score=float(submission.score),
-                               max_score=float(submission.max_score))
-        scores = {grade.name: (grade.score, grade.max_score)
-                  for notebook in submission.notebooks for grade in notebook.grades}
-    rank = {grade_id: index for index, grade_id in enumerate(order)}
-    result.failed = sorted((name for name, (score, max_score) in scores.items()
-                            if (score or 0.0) < max_score),
-                           key=lambda name: (rank.get(name, len(rank)), name))
-    return result
-
-
-def _read_outputs(course: Course, assignment: str, result: StudentResult) -> None:
-    """Failure messages of the tests, and errors of other cells, from autograded notebooks."""
-    folder = course.autograded_dir / result.student / assignment
-    for path in sorted(folder.glob("*.ipynb")):
-        notebook = nbformat.read(path, as_version=4)
-        for index, cell in enumerate(notebook.cells):
-            error = cells.first_error(cell) if cell.cell_type == "code" else None
-            if error is None:
-                continue
-            if cells.is_test_cell(cell):
-                result.messages[cells.grade_id(cell)] = error
-            else:
-                result.errors.append(f"{cells.cell_label(cell, index)}: {error}")
-
-
-def _flag_for_review(course: Course, assignment: str, student: str, notebook: str,
-                     findings: list[Finding]) -> None:
-    """Score the notebook's every grade zero (a manual score: the automatic one stays visible
-    beside it), mark it as needing manual grading, and write the reasons into its comment
-    cells, where formgrader and the feedback show them. An instructor who finds the flag wrong
-    restores the points in formgrader."""
-    reasons = "\n".join(f"- {finding}" for finding in findings)
-    note = ("Flagged for review by the course's integrity checks; scored 0 until an "
-            f"instructor has looked at it:\n{reasons}")
-    from nbgrader.api import MissingEntry
-
-    with course.gradebook() as gradebook:
-        try:
-            submitted = gradebook.find_submission_notebook(notebook.removesuffix(".ipynb"),
-                                                            assignment, student)
-        except MissingEntry:  # nbgrader recorded nothing (e.g. an unreadable file): 0 anyway
-            return
-        for grade in submitted.grades:
-            grade.manual_score = 0.0
-            grade.needs_manual_grade = True
-        for comment in submitted.comments:
-            comment.manual_comment = note
-        submitted.flagged = True
-        gradebook.db.commit()
-
 
 @dataclass
 class _References:
@@ -198,7 +114,7 @@ def _check_integrity(course: Course, assignment: str, student: str, present: lis
         findings = check_submission(folder / name, references.released[name], references.policy,
                                     references.source.get(name))
         if findings:
-            _flag_for_review(course, assignment, student, name, findings)
+            flag_for_review(course, assignment, student, name, findings)
             flags += [f"{name}: {finding}" if len(present) > 1 else str(finding)
                       for finding in findings]
     return flags, errors
@@ -223,32 +139,6 @@ def _sandboxed_config() -> Config:
         AssignLatePenalties, CheckCellMetadata]
     return config
 
-
-def _database(course: Course) -> Path | None:
-    prefix = "sqlite:///"
-    return Path(course.db_url[len(prefix):]) if course.db_url.startswith(prefix) else None
-
-
-def _snapshot(course: Course) -> sqlite3.Connection | None:
-    """An in-memory copy of the SQLite gradebook (None for another database)."""
-    path = _database(course)
-    if path is None or not path.is_file():
-        return None
-    copy = sqlite3.connect(":memory:")
-    with contextlib.closing(sqlite3.connect(path)) as source:
-        source.backup(copy)
-    return copy
-
-
-def _restore(course: Course, snapshot: sqlite3.Connection | None) -> None:
-    """Put the gradebook back as it was when ``snapshot`` was taken (in one transaction)."""
-    path = _database(course)
-    if snapshot is None or path is None:
-        return
-    with contextlib.closing(sqlite3.connect(path)) as target:
-        snapshot.backup(target)
-
-
 def _grade_one(course: Course, assignment: str, student: str,
                notebooks: list[str], order: list[str], references: _References,
                context: _Context) -> StudentResult:
@@ -262,19 +152,19 @@ def _grade_one(course: Course, assignment: str, student: str,
         found = sorted(path.name for path in folder.glob("*.ipynb"))
         grading_errors.append(f"missing notebook {', '.join(notebooks)}"
                               + (f" (found {', '.join(found)})" if found else ""))
-        _record_missing(course, assignment, student)
+        record_missing(course, assignment, student)
     else:
-        snapshot = _snapshot(course)
+        before = snapshot(course)
         try:
             run = course.run(Autograde, config=_sandboxed_config(), assignment_id=assignment,
                              student_id=student, force=True, create_student=True)
         except BaseException:
-            _restore(course, snapshot)
+            restore(course, before)
             raise
         if not run.success:  # nothing half-written stays: back to before, then a zero
-            _restore(course, snapshot)
+            restore(course, before)
             grading_errors.append(f"nbgrader autograde failed: {run.summary()}")
-            _record_missing(course, assignment, student)
+            record_missing(course, assignment, student)
         for name in present:
             grading_errors += context.problems.pop((student, name.removesuffix(".ipynb")), [])
         missing = sorted(set(notebooks) - set(present))
@@ -282,8 +172,8 @@ def _grade_one(course: Course, assignment: str, student: str,
             grading_errors.append(f"missing notebook {', '.join(missing)}")
     flags, integrity_errors = (_check_integrity(course, assignment, student, present,
                                                 references) if present else ([], []))
-    result = _read_result(course, assignment, student, order)
-    _read_outputs(course, assignment, result)
+    result = read_result(course, assignment, student, order)
+    read_outputs(course, assignment, result)
     result.errors += grading_errors + integrity_errors
     result.flags = flags
     result.seconds = time.perf_counter() - start
@@ -384,7 +274,7 @@ def hidden_paths(course: Course) -> list[Path]:
     and the course's configuration (covered inside the sandbox)."""
     paths = [course.source_dir, course.submitted_dir, course.autograded_dir,
              course.feedback_dir, course.root / "nbgrader_config.py"]
-    database = _database(course)
+    database = database_path(course)
     if database is not None:
         paths.append(database)
     return [path for path in paths if path.exists()]

@@ -158,6 +158,18 @@ def _nbgrader_logger() -> logging.Logger:
     return log
 
 
+class _Folder:
+    """A course folder named by one of nbgrader's ``CourseDirectory`` settings."""
+
+    def __init__(self, setting: str):
+        self.setting = setting
+
+    def __get__(self, course: Course | None, owner: type | None = None):
+        if course is None:
+            return self
+        return course.root / getattr(course.config.CourseDirectory, self.setting)
+
+
 @dataclass
 class Course:
     """One course folder: nbgrader's configuration and the paths and gradebook it names."""
@@ -174,28 +186,11 @@ class Course:
         ensure_scripts_on_path()
         return cls(root=root, config=load_config(root))
 
-    def _directory(self, name: str) -> Path:
-        return self.root / getattr(self.config.CourseDirectory, name)
-
-    @property
-    def source_dir(self) -> Path:
-        return self._directory("source_directory")
-
-    @property
-    def release_dir(self) -> Path:
-        return self._directory("release_directory")
-
-    @property
-    def submitted_dir(self) -> Path:
-        return self._directory("submitted_directory")
-
-    @property
-    def autograded_dir(self) -> Path:
-        return self._directory("autograded_directory")
-
-    @property
-    def feedback_dir(self) -> Path:
-        return self._directory("feedback_directory")
+    source_dir = _Folder("source_directory")
+    release_dir = _Folder("release_directory")
+    submitted_dir = _Folder("submitted_directory")
+    autograded_dir = _Folder("autograded_directory")
+    feedback_dir = _Folder("feedback_directory")
 
     @property
     def db_url(self) -> str:

@@ -1,0 +1,138 @@
+"""What ``course grade`` writes to and reads from nbgrader's gradebook: zeros for a submission
+without its notebook, the flag for an instructor's review, each student's result, and a copy of
+the SQLite file to roll back to when nbgrader fails half-way."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import sqlite3
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nbformat
+
+from course_lib.grading import cells
+from course_lib.grading.course import Course
+from course_lib.grading.integrity import Finding
+
+__all__ = ["StudentResult", "database_path", "flag_for_review", "read_outputs", "read_result",
+           "record_missing", "restore", "snapshot"]
+
+
+@dataclass
+class StudentResult:
+    """One student's autograding result, as recorded in the gradebook."""
+
+    student: str
+    score: float
+    max_score: float
+    failed: list[str] = field(default_factory=list)  # grade_ids of tests not fully passed
+    messages: dict[str, str] = field(default_factory=dict)  # grade_id -> why it failed
+    errors: list[str] = field(default_factory=list)  # outside the tests: cells, grading
+    flags: list[str] = field(default_factory=list)  # integrity findings: scored 0, for review
+    seconds: float = 0.0
+
+
+def record_missing(course: Course, assignment: str, student: str) -> None:
+    """Zero for every graded cell of a submission without its notebook (what nbgrader does
+    for a missing notebook in an otherwise present submission); an earlier autograded copy
+    is removed so that feedback is not made from it."""
+    shutil.rmtree(course.autograded_dir / student / assignment, ignore_errors=True)
+    with course.gradebook() as gradebook:
+        gradebook.update_or_create_student(student)
+        submission = gradebook.update_or_create_submission(assignment, student)
+        for notebook in submission.notebooks:
+            for grade in notebook.grades:
+                grade.auto_score = 0
+                grade.needs_manual_grade = False
+        gradebook.db.commit()
+
+
+def read_result(course: Course, assignment: str, student: str,
+                 order: list[str]) -> StudentResult:
+    """Score, maximum and failed tests of one submission, from the gradebook."""
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gradebook:
+        try:
+            submission = gradebook.find_submission(assignment, student)
+        except MissingEntry:  # nbgrader stopped before recording the submission
+            record = gradebook.find_assignment(assignment)
+            return StudentResult(student=student, score=0.0,
+                                 max_score=float(record.max_score), failed=list(order))
+        result = StudentResult(student=student, score=float(submission.score),
+                               max_score=float(submission.max_score))
+        scores = {grade.name: (grade.score, grade.max_score)
+                  for notebook in submission.notebooks for grade in notebook.grades}
+    rank = {grade_id: index for index, grade_id in enumerate(order)}
+    result.failed = sorted((name for name, (score, max_score) in scores.items()
+                            if (score or 0.0) < max_score),
+                           key=lambda name: (rank.get(name, len(rank)), name))
+    return result
+
+
+def read_outputs(course: Course, assignment: str, result: StudentResult) -> None:
+    """Failure messages of the tests, and errors of other cells, from autograded notebooks."""
+    folder = course.autograded_dir / result.student / assignment
+    for path in sorted(folder.glob("*.ipynb")):
+        notebook = nbformat.read(path, as_version=4)
+        for index, cell in enumerate(notebook.cells):
+            error = cells.first_error(cell) if cell.cell_type == "code" else None
+            if error is None:
+                continue
+            if cells.is_test_cell(cell):
+                result.messages[cells.grade_id(cell)] = error
+            else:
+                result.errors.append(f"{cells.cell_label(cell, index)}: {error}")
+
+
+def flag_for_review(course: Course, assignment: str, student: str, notebook: str,
+                     findings: list[Finding]) -> None:
+    """Score the notebook's every grade zero (a manual score: the automatic one stays visible
+    beside it), mark it as needing manual grading, and write the reasons into its comment
+    cells, where formgrader and the feedback show them. An instructor who finds the flag wrong
+    restores the points in formgrader."""
+    reasons = "\n".join(f"- {finding}" for finding in findings)
+    note = ("Flagged for review by the course's integrity checks; scored 0 until an "
+            f"instructor has looked at it:\n{reasons}")
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gradebook:
+        try:
+            submitted = gradebook.find_submission_notebook(notebook.removesuffix(".ipynb"),
+                                                            assignment, student)
+        except MissingEntry:  # nbgrader recorded nothing (e.g. an unreadable file): 0 anyway
+            return
+        for grade in submitted.grades:
+            grade.manual_score = 0.0
+            grade.needs_manual_grade = True
+        for comment in submitted.comments:
+            comment.manual_comment = note
+        submitted.flagged = True
+        gradebook.db.commit()
+
+
+def database_path(course: Course) -> Path | None:
+    prefix = "sqlite:///"
+    return Path(course.db_url[len(prefix):]) if course.db_url.startswith(prefix) else None
+
+
+def snapshot(course: Course) -> sqlite3.Connection | None:
+    """An in-memory copy of the SQLite gradebook (None for another database)."""
+    path = database_path(course)
+    if path is None or not path.is_file():
+        return None
+    copy = sqlite3.connect(":memory:")
+    with contextlib.closing(sqlite3.connect(path)) as source:
+        source.backup(copy)
+    return copy
+
+
+def restore(course: Course, snapshot: sqlite3.Connection | None) -> None:
+    """Put the gradebook back as it was when ``snapshot`` was taken (in one transaction)."""
+    path = database_path(course)
+    if snapshot is None or path is None:
+        return
+    with contextlib.closing(sqlite3.connect(path)) as target:
+        snapshot.backup(target)
