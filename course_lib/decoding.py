@@ -23,23 +23,28 @@ A sentence stops at its first ``<eos>``: later positions hold ``<pad>`` and coun
     result = beam_search(model, src, src_valid_len, beam_size=4, max_len=20)
     result.to_sentences(data.tgt_vocab)   # or simply: translate(model, data, ["go ."])
 
-Each decoder takes ``fast=True`` to run the model through ``course_lib.fast`` instead of the
-plain ``Runner`` below: the same tokens and scores (tests prove it), in less time.
+The source goes to the model's device first (nothing is copied when it is there already), and
+the result stays there. Each decoder takes ``fast=True`` to run the model through
+``course_lib.fast`` instead of the plain ``Runner`` below: the same tokens and scores (tests
+prove it), in less time.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
+from course_lib.bleu import corpus_bleu
 from course_lib.data.translation import TranslationData
+from course_lib.devices import model_device, to_device
 from course_lib.models.base import DecoderState, inference
 from course_lib.results import DecodeResult, Hypothesis
 
 __all__ = ["Hypothesis", "DecodeResult", "Runner", "greedy_decode", "beam_search",
-           "sample_decode", "translate"]
+           "sample_decode", "translate", "make_bleu_fn"]
 
 
 class Runner:
@@ -93,6 +98,7 @@ def _token_by_token(runner: Runner, src: torch.Tensor, src_valid_len: torch.Tens
     Sentences that have emitted ``<eos>`` leave the batch, so later steps only compute the R
     sentences still running.
     """
+    src, src_valid_len = to_device((src, src_valid_len), model_device(runner.model))
     with inference(runner.model):
         state = runner.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
@@ -217,6 +223,7 @@ def beam_search(model: nn.Module, src: torch.Tensor, src_valid_len: torch.Tensor
         raise ValueError(f"length_penalty must be >= 0, got {length_penalty!r}")
     K, runner = beam_size, _runner(model, fast)
     settled = K if return_all else 1  # how many of the best finished must be beyond reach
+    src, src_valid_len = to_device((src, src_valid_len), model_device(model))
     with inference(model):
         state = runner.encode(src, src_valid_len)
         B, device = src.shape[0], src.device
@@ -266,12 +273,35 @@ def translate(model: nn.Module, data: TranslationData, sentences: list[str], *,
         max_len = data.num_steps if isinstance(data.num_steps, int) else data.num_steps[1]
     if not sentences:
         return []
-    src, src_valid_len = data.encode_sources(sentences)
-    device = next(model.parameters()).device
-    src, src_valid_len = src.to(device), src_valid_len.to(device)
+    src, src_valid_len = data.encode_sources(sentences)  # the decoders move them to the model
     if beam_size == 1:
         result = greedy_decode(model, src, src_valid_len, max_len=max_len, fast=fast)
     else:
         result = beam_search(model, src, src_valid_len, beam_size=beam_size, max_len=max_len,
                              fast=fast)
     return result.to_sentences(data.tgt_vocab)
+
+
+def make_bleu_fn(data: Any, split: str = "valid", *, max_sentences: int | None = 200,
+                 max_len: int | None = None, batch_size: int = 256) -> Callable[[nn.Module], float]:
+    """``bleu_fn(model)``: greedy-decode the first ``max_sentences`` of a split, corpus BLEU.
+
+    Compares with ``data.references(split)`` tokenised the corpus's way (``tokenize="none"``).
+    ``fit(..., bleu_fn=make_bleu_fn(data))`` reports it after every epoch.
+    """
+    tensors = data.tensors[split]
+    count = min(max_sentences or tensors.num_sequences, tensors.num_sequences)
+    references = data.references(split)[:count]
+    steps = data.num_steps if isinstance(data.num_steps, int) else data.num_steps[1]
+
+    def bleu_fn(model: nn.Module) -> float:
+        hypotheses: list[str] = []
+        with inference(model):
+            for i in range(0, count, batch_size):
+                rows = slice(i, min(i + batch_size, count))
+                result = greedy_decode(model, tensors.src[rows], tensors.src_valid_len[rows],
+                                       max_len=max_len or steps)
+                hypotheses += result.to_sentences(data.tgt_vocab)
+        return corpus_bleu(hypotheses, references, tokenize="none")
+
+    return bleu_fn

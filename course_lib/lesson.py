@@ -1,8 +1,9 @@
-"""What the first code cell of every lesson calls: seeds, threads, and the CI switch.
+"""What the first code cell of every lesson calls: seeds, threads, the device, the CI switch.
 
     from course_lib.lesson import setup_lesson
     lesson = setup_lesson(seed=0)
     epochs = lesson.pick(full=30, quick=2)   # the student's value, or a tiny one for CI
+    model.to(lesson.device)                  # cuda, then mps, then cpu (COURSE_DEVICE=cpu)
 
 ``COURSE_QUICK=1`` (set by ``course build --quick`` and by the test suite) shrinks data and
 epochs for CI without changing the code path; the defaults are what a student runs.
@@ -18,6 +19,7 @@ from typing import TypeVar
 import torch
 
 from course_lib import __version__
+from course_lib.devices import pick_device
 from course_lib.training import set_seed
 
 __all__ = ["LessonSettings", "quick_mode", "setup_lesson"]
@@ -37,6 +39,7 @@ class LessonSettings:
     seed: int
     threads: int
     quick: bool
+    device: torch.device = torch.device("cpu")
 
     def pick(self, full: T, quick: T) -> T:
         """``full`` for a student's run, ``quick`` under ``COURSE_QUICK=1`` (CI)."""
@@ -46,9 +49,10 @@ class LessonSettings:
 AUTO = "auto"
 
 
-def setup_lesson(seed: int = 0, threads: int | str | None = AUTO, *, verbose: bool = True
+def setup_lesson(seed: int = 0, threads: int | str | None = AUTO, *,
+                 device: str | torch.device | None = None, verbose: bool = True
                  ) -> LessonSettings:
-    """Seed Python, NumPy and torch, cap torch's threads, and report the settings.
+    """Seed Python, NumPy and torch, cap torch's threads, pick the device, report the settings.
 
     Args:
         seed: the seed for every generator (lessons are deterministic on one machine).
@@ -57,6 +61,9 @@ def setup_lesson(seed: int = 0, threads: int | str | None = AUTO, *, verbose: bo
             little, and where the cores are busy (a 2-core laptop running a browser, a shared
             CI machine) OpenMP's spinning threads made training 10-40x slower than 1 thread
             (measured). ``None`` keeps torch's default.
+        device: where the lesson's models run: given, else ``$COURSE_DEVICE``, else ``cuda``,
+            then ``mps``, then ``cpu`` (``course_lib.devices.pick_device``). Lessons are timed
+            on a CPU; on a GPU they run the same code, usually faster.
     """
     quick = quick_mode()
     if threads == AUTO:
@@ -68,10 +75,12 @@ def setup_lesson(seed: int = 0, threads: int | str | None = AUTO, *, verbose: bo
             raise ValueError(f"threads must be at least 1 (or None), got {threads}")
         torch.set_num_threads(threads)
     set_seed(seed)
-    settings = LessonSettings(seed=seed, threads=torch.get_num_threads(), quick=quick)
+    settings = LessonSettings(seed=seed, threads=torch.get_num_threads(), quick=quick,
+                              device=pick_device(device))
     if verbose:
         mode = "QUICK mode (COURSE_QUICK=1): small data, few epochs" if settings.quick \
             else "full mode"
         print(f"course_lib {__version__} · torch {torch.__version__} · Python "
-              f"{platform.python_version()} · {settings.threads} threads · seed {seed} · {mode}")
+              f"{platform.python_version()} · {settings.device} · {settings.threads} threads · "
+              f"seed {seed} · {mode}")
     return settings

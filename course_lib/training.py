@@ -30,6 +30,16 @@ from torch.nn import functional as F
 
 from course_lib.checkpoints import load_checkpoint, read_checkpoint, save_checkpoint
 from course_lib.data.batching import Batch
+from course_lib.decoding import make_bleu_fn
+from course_lib.devices import (
+    autocast,
+    check_fp32_weights,
+    check_precision,
+    grad_scaler,
+    model_device,
+    to_device,
+)
+from course_lib.history import History
 from course_lib.losses import masked_cross_entropy
 from course_lib.masking import padding_mask
 from course_lib.models.base import EncoderDecoder, inference
@@ -115,8 +125,9 @@ def _batch_loss(model: nn.Module, batch: Batch, loss_fn: LossFn | None, label_sm
 def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.optim.Optimizer, *,
                 loss_fn: LossFn | None = None, scheduler: Any = None,
                 clip_grad: float | None = 1.0, label_smoothing: float = 0.0,
-                teacher_forcing: float = 1.0, progress: Any = None,
-                stop_at: float | None = None) -> dict[str, float]:
+                teacher_forcing: float = 1.0, device: torch.device | str | None = None,
+                precision: str = "fp32", scaler: torch.amp.GradScaler | None = None,
+                progress: Any = None, stop_at: float | None = None) -> dict[str, float]:
     """One pass over ``loader``, one optimizer step per batch; returns what happened.
 
     Args:
@@ -128,6 +139,10 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
         clip_grad: rescale gradients whose total norm exceeds it (None or 0: no clipping).
         teacher_forcing: probability of feeding the gold previous token (1 = plain teacher
             forcing, all positions in parallel; below 1 see ``scheduled_sampling_logits``).
+        device: where batches go (default: the model's device); tensors already there stay.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"``: the forward pass and the loss run
+            under autocast (``course_lib.devices``); the weights stay float32.
+        scaler: fp16's loss scaler, kept across epochs (``fit`` passes one); made here if None.
         progress: a tqdm bar (or anything with ``update``/``set_postfix``), advanced per batch.
         stop_at: a ``time.perf_counter()`` deadline: the epoch ends after the batch during
             which it passes (training to a wall-clock budget, as the benchmarks do).
@@ -140,9 +155,15 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
     if loss_fn is not None and (teacher_forcing < 1.0 or label_smoothing):
         raise ValueError("teacher_forcing and label_smoothing apply to the default loss; "
                          "with loss_fn, give them to the loss function")
+    device = model_device(model) if device is None else torch.device(device)
+    check_precision(precision)
+    check_fp32_weights(model)
+    scaler = scaler if scaler is not None else grad_scaler(device, precision)
     model.train()
     parameters = [p for p in model.parameters() if p.requires_grad]
-    total_loss, total_tokens, total_norm, num_batches = 0.0, 0, 0.0, 0
+    # Per-batch sums stay tensors on the device: a float() at every step would make the CPU
+    # wait for the GPU at every step.
+    losses, norms, total_tokens, num_batches = [], [], 0, 0
     part_sums: dict[str, float] = {}
     start = time.perf_counter()
     stopped = False
@@ -150,44 +171,61 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
         if stop_at is not None and time.perf_counter() >= stop_at:
             stopped = True
             break
-        loss, parts = _batch_loss(model, batch, loss_fn, label_smoothing, teacher_forcing)
+        tokens = batch.num_target_tokens  # counted on the CPU copy
+        batch = to_device(batch, device)
+        with autocast(device, precision):
+            loss, parts = _batch_loss(model, batch, loss_fn, label_smoothing, teacher_forcing)
         for name, value in parts.items():
             part_sums[name] = part_sums.get(name, 0.0) + value
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
         max_norm = clip_grad if clip_grad else math.inf  # inf: measure the norm, change nothing
-        total_norm += float(nn.utils.clip_grad_norm_(parameters, max_norm))
-        optimizer.step()
+        if scaler is None:
+            loss.backward()
+            norms.append(nn.utils.clip_grad_norm_(parameters, max_norm))
+            optimizer.step()
+        else:  # fp16: backward on the scaled loss, clip the unscaled gradients
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            norms.append(nn.utils.clip_grad_norm_(parameters, max_norm))
+            scaler.step(optimizer)  # skipped when a gradient overflowed
+            scaler.update()
         if scheduler is not None:
             scheduler.step()
-        tokens = batch.num_target_tokens
-        total_loss += loss.item() * tokens
+        losses.append(loss.detach().float() * tokens)
         total_tokens += tokens
         num_batches += 1
         if progress is not None:
             progress.update(1)
-            progress.set_postfix(loss=f"{total_loss / max(total_tokens, 1):.3f}", refresh=False)
+            progress.set_postfix(loss=f"{float(sum(losses)) / max(total_tokens, 1):.3f}",
+                                 refresh=False)
+    total_loss = float(torch.stack(losses).sum()) if losses else 0.0
+    norm = torch.stack(norms).float() if norms else torch.zeros(1)
+    norm = norm[norm.isfinite()]  # fp16 steps the scaler skipped have no finite norm
     seconds = time.perf_counter() - start
     parts = {name: value / max(num_batches, 1) for name, value in part_sums.items()}
     return parts | {"loss": total_loss / max(total_tokens, 1), "tokens": total_tokens,
                     "seconds": seconds, "tokens_per_second": total_tokens / max(seconds, 1e-9),
-                    "grad_norm": total_norm / max(num_batches, 1), "batches": num_batches,
-                    "stopped": stopped}
+                    "grad_norm": float(norm.mean()) if norm.numel() else math.nan,
+                    "batches": num_batches, "stopped": stopped}
 
 
-def evaluate(model: nn.Module, loader: Iterable[Batch], *,
-             loss_fn: LossFn | None = None) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Iterable[Batch], *, loss_fn: LossFn | None = None,
+             device: torch.device | str | None = None, precision: str = "fp32"
+             ) -> dict[str, float]:
     """Teacher-forced ``loss`` (per real token, no smoothing) and token ``accuracy``.
 
     With ``loss_fn`` (as in ``train_epoch``): its ``loss`` and parts, averaged per batch.
-    Runs in eval mode without gradients and puts the model back in the mode it was in.
+    ``device`` and ``precision`` as in ``train_epoch``. Runs in eval mode without gradients
+    and puts the model back in the mode it was in.
     """
+    device = model_device(model) if device is None else torch.device(device)
     total_loss, correct, total_tokens, num_batches = 0.0, 0, 0, 0
     part_sums: dict[str, float] = {}
-    with inference(model):
+    with inference(model), autocast(device, precision):
         for batch in loader:
             num_batches += 1
             total_tokens += batch.num_target_tokens
+            batch = to_device(batch, device)
             if loss_fn is not None:
                 loss, parts = _batch_loss(model, batch, loss_fn, 0.0, 1.0)
                 for name, value in (parts | {"loss": float(loss)}).items():
@@ -202,45 +240,6 @@ def evaluate(model: nn.Module, loader: Iterable[Batch], *,
     denominator = max(total_tokens, 1)
     return {"loss": total_loss / denominator, "accuracy": correct / denominator,
             "tokens": total_tokens}
-
-
-@dataclasses.dataclass
-class History:
-    """Per-epoch record of a ``fit`` run (index i is epoch i + 1); None where not computed."""
-
-    train_loss: list[float] = dataclasses.field(default_factory=list)
-    valid_loss: list[float | None] = dataclasses.field(default_factory=list)
-    valid_accuracy: list[float | None] = dataclasses.field(default_factory=list)
-    valid_bleu: list[float | None] = dataclasses.field(default_factory=list)
-    tokens_per_second: list[float] = dataclasses.field(default_factory=list)
-    seconds: list[float] = dataclasses.field(default_factory=list)  # training + evaluation
-    learning_rate: list[float] = dataclasses.field(default_factory=list)  # at the epoch's end
-
-    def __len__(self) -> int:
-        return len(self.train_loss)
-
-    @property
-    def best_epoch(self) -> int | None:
-        """Epoch (from 1) with the lowest validation loss (training loss if none was measured)."""
-        losses = self.valid_loss if any(v is not None for v in self.valid_loss) else self.train_loss
-        scored = [(loss, i + 1) for i, loss in enumerate(losses) if loss is not None]
-        return min(scored)[1] if scored else None
-
-    def to_rows(self) -> list[dict[str, Any]]:
-        """One dict per epoch (``epoch`` from 1), e.g. for ``pandas.DataFrame(rows)``."""
-        columns = dataclasses.asdict(self)
-        return [{"epoch": i + 1, **{k: v[i] for k, v in columns.items()}}
-                for i in range(len(self))]
-
-    def format_epoch(self, i: int, epochs: int) -> str:
-        """One log line for the epoch at index ``i``."""
-        parts = [f"epoch {i + 1}/{epochs}", f"train loss {self.train_loss[i]:.4f}"]
-        if self.valid_loss[i] is not None:
-            parts += [f"valid loss {self.valid_loss[i]:.4f}", f"acc {self.valid_accuracy[i]:.3f}"]
-        if self.valid_bleu[i] is not None:
-            parts.append(f"BLEU {self.valid_bleu[i]:.1f}")
-        parts += [f"{self.tokens_per_second[i]:,.0f} tok/s", f"{self.seconds[i]:.1f} s"]
-        return " | ".join(parts)
 
 
 def in_notebook() -> bool:
@@ -272,6 +271,7 @@ def fit(model: nn.Module, data_or_loaders: Any, *, epochs: int, lr: float = 1e-3
         teacher_forcing: float | Callable[[int], float] = 1.0,
         bleu_fn: Callable[[nn.Module], float] | None = None, bleu_every: int = 1, seed: int = 0,
         checkpoint_path: str | Path | None = None, checkpoint_extra: dict | None = None,
+        device: torch.device | str | None = None, precision: str = "fp32",
         progress: str = "auto", plot: bool = True) -> History:
     """Train for ``epochs`` epochs, evaluating after each; returns the ``History``.
 
@@ -289,9 +289,18 @@ def fit(model: nn.Module, data_or_loaders: Any, *, epochs: int, lr: float = 1e-3
         checkpoint_path: save the model each time the validation loss is the best so far, with
             ``epoch``, ``history``, the vocabularies of a ``TranslationData`` and
             ``checkpoint_extra`` (e.g. the model's config as a dict).
+        device: move the model there first (e.g. ``lesson.device``); default: where it is.
+            Every batch goes to the model's device.
+        precision: ``"fp32"``, ``"bf16"`` or ``"fp16"`` (mixed precision, ``course_lib.devices``)
+            for training and validation; the weights, and the checkpoints, stay float32.
         progress: ``"auto"`` (a progress bar and a live plot in Jupyter, one line per epoch
             elsewhere), ``"bar"``, ``"log"`` or ``"none"``. ``plot=False`` turns the plot off.
     """
+    check_precision(precision)
+    if device is not None:
+        model.to(device)
+    device = model_device(model)
+    scaler = grad_scaler(device, precision)  # fp16 only; kept across epochs
     if progress not in _PROGRESS_MODES:
         raise ValueError(f"progress must be one of {_PROGRESS_MODES}, got {progress!r}")
     if bleu_every < 1:
@@ -336,8 +345,10 @@ def fit(model: nn.Module, data_or_loaders: Any, *, epochs: int, lr: float = 1e-3
                 bar.set_description(f"epoch {epoch}/{epochs}")
             train = train_epoch(model, train_loader, optimizer, scheduler=scheduler,
                                 clip_grad=clip_grad, label_smoothing=label_smoothing,
-                                teacher_forcing=p, progress=bar)
-            valid = evaluate(model, valid_loader) if valid_loader is not None else {}
+                                teacher_forcing=p, precision=precision, scaler=scaler,
+                                progress=bar)
+            valid = (evaluate(model, valid_loader, precision=precision)
+                     if valid_loader is not None else {})
             wants_bleu = bleu_fn is not None and (epoch % bleu_every == 0 or epoch == epochs)
             history.train_loss.append(train["loss"])
             history.valid_loss.append(valid.get("loss"))
@@ -360,32 +371,3 @@ def fit(model: nn.Module, data_or_loaders: Any, *, epochs: int, lr: float = 1e-3
         if bar is not None:
             bar.close()
     return history
-
-
-def make_bleu_fn(data: Any, split: str = "valid", *, max_sentences: int | None = 200,
-                 max_len: int | None = None, batch_size: int = 256) -> Callable[[nn.Module], float]:
-    """``bleu_fn(model)``: greedy-decode the first ``max_sentences`` of a split, corpus BLEU.
-
-    Uses ``course_lib.decoding.greedy_decode`` (imported when called) and compares with
-    ``data.references(split)`` tokenised the corpus's way (``tokenize="none"``).
-    """
-    from course_lib.bleu import corpus_bleu
-
-    tensors = data.tensors[split]
-    count = min(max_sentences or tensors.num_sequences, tensors.num_sequences)
-    references = data.references(split)[:count]
-    steps = data.num_steps if isinstance(data.num_steps, int) else data.num_steps[1]
-
-    def bleu_fn(model: nn.Module) -> float:
-        from course_lib.decoding import greedy_decode
-
-        hypotheses: list[str] = []
-        with inference(model):
-            for i in range(0, count, batch_size):
-                rows = slice(i, min(i + batch_size, count))
-                result = greedy_decode(model, tensors.src[rows], tensors.src_valid_len[rows],
-                                       max_len=max_len or steps)
-                hypotheses += result.to_sentences(data.tgt_vocab)
-        return corpus_bleu(hypotheses, references, tokenize="none")
-
-    return bleu_fn

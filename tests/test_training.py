@@ -6,8 +6,6 @@ import copy
 import math
 import os
 import random
-import sys
-import types
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -15,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from course_lib import decoding
 from course_lib.data.generated import numbers_dataset
 from course_lib.data.translation import TranslationData
 from course_lib.losses import masked_cross_entropy
@@ -285,9 +284,7 @@ def test_make_bleu_fn_lines_up_sources_and_references(data, monkeypatch):
         assert not model.training and max_len == 12
         return FakeResult(torch.stack([gold[tuple(row.tolist())] for row in src]))
 
-    fake = types.ModuleType("course_lib.decoding")
-    fake.greedy_decode = greedy_decode
-    monkeypatch.setitem(sys.modules, "course_lib.decoding", fake)
+    monkeypatch.setattr(decoding, "greedy_decode", greedy_decode)
     model = new_model(data)
     bleu_fn = make_bleu_fn(data, "valid", max_sentences=50, batch_size=16)
     assert bleu_fn(model) == pytest.approx(100.0)
