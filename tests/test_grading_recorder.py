@@ -123,3 +123,17 @@ def test_the_recorder_cell_leaves_one_name_that_the_notebook_cannot_shadow(tmp_p
     started.check("t", 0, lambda: torch.arange(2))
     line = json.loads((tmp_path / RECORDS_FILE).read_text())
     assert line["holes"][0]["tensor"] == "int64"
+
+
+def test_the_names_the_grader_shares_are_spelled_once():
+    import ast
+
+    from course_lib.grading.code_checks import CodeChecker, Scope
+    from course_lib.grading.instrument import instrument
+    from course_lib.grading.policy import Policy
+
+    assert instrument("assert x", "t").source.startswith(f"{RECORDER_NAME}.begin('t')")
+    for code in (f"{RECORDER_NAME}.check = print", f"open({RECORDS_FILE!r}, 'a')",
+                 f"name = '{recorder.RECORDS_MARK}' + '.jsonl'", f"{recorder.NAME_PREFIX}_x = 1"):
+        found = CodeChecker(Scope(), Policy()).run(ast.parse(code))
+        assert ("patch", "names the grader's recorder") in found, code
