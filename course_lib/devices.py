@@ -12,8 +12,11 @@
 MIXED PRECISION. The weights, their gradients and the optimizer's state stay in float32. Inside
 ``torch.autocast`` matrix products (linear layers, attention scores) run in a 16-bit format,
 about twice as fast on CPUs with bf16 units and several times faster on GPU tensor cores, while
-softmax, log-softmax, layer norm and the losses run in float32 (torch's autocast op lists).
-Two 16-bit formats:
+the operations that need range or accuracy run in float32: torch keeps a list per device (on
+CUDA softmax, log-softmax, layer norm and the losses; on CPU a shorter one, where softmax
+stays 16-bit). The 16-bit copy of each weight is made once per autocast context and reused:
+``train_epoch`` drops the copies before every step, which the weights change
+(``torch.clear_autocast_cache``). Two 16-bit formats:
 
 - ``"bf16"`` (bfloat16) keeps float32's 8 exponent bits, so its range (up to 3e38) is float32's
   and only the precision is coarser (8 bits of mantissa: 3 significant digits). No scaling

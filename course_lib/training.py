@@ -173,6 +173,11 @@ def train_epoch(model: nn.Module, loader: Iterable[Batch], optimizer: torch.opti
             break
         tokens = batch.num_target_tokens  # counted on the CPU copy
         batch = to_device(batch, device)
+        # Inside an autocast context torch makes each weight's 16-bit copy once and reuses it
+        # until the outermost context exits; but every optimizer step changes the weights in
+        # place. Within a caller's `with torch.autocast(...)` around this epoch, every step
+        # would run on the first step's weights (bf16 training then diverges): drop the copies.
+        torch.clear_autocast_cache()
         with autocast(device, precision):
             loss, parts = _batch_loss(model, batch, loss_fn, label_smoothing, teacher_forcing)
         for name, value in parts.items():

@@ -60,9 +60,6 @@ def train(data, outer_autocast: bool, precision: str) -> tuple[Transformer, floa
     return model, result["loss"]
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "issue 23: course_lib/training.py's train_epoch must call torch.clear_autocast_cache() "
-    "before each forward; remove this mark once it does"))
 def test_train_epoch_inside_a_callers_autocast_trains_on_the_current_weights(data):
     """One outer autocast around the epoch gives exactly the steps of per-batch autocast."""
     reference, reference_loss = train(data, outer_autocast=False, precision="bf16")
