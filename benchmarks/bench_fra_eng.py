@@ -30,8 +30,10 @@ search), plus ablations of the Transformer recipe, each of which changes one thi
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import gc
+import itertools
 import json
 import math
 import re
@@ -51,6 +53,7 @@ from course_lib.data.splits import PairSplits  # noqa: E402
 from course_lib.data.text import tokenize  # noqa: E402
 from course_lib.data.translation import TranslationData  # noqa: E402
 from course_lib.decoding import beam_search, greedy_decode  # noqa: E402
+from course_lib.devices import grad_scaler  # noqa: E402
 from course_lib.fast.dropout import use_cheap_dropout  # noqa: E402
 from course_lib.models.rnn import Seq2SeqBahdanau, Seq2SeqGRU  # noqa: E402
 from course_lib.models.transformer import Transformer, TransformerConfig  # noqa: E402
@@ -80,6 +83,11 @@ class Recipe:
     beam_size: int = 1               # 1: greedy
     length_penalty: float = 0.0
     max_len: int = 20                # decoding steps (d2l: num_steps, as predict_step)
+    device: str = "cpu"              # "cuda": the GPU track (``--device cuda``)
+    precision: str = "fp32"          # "bf16" or "fp16": mixed precision (course_lib.devices)
+    average_last: int = 0            # average the weights of the last N epochs' ends (0: no)
+    budget_s: float | None = None    # this recipe's own budget (else --budget)
+    match_steps_of: str | None = None  # stop after as many steps as this recipe's run took
 
     def replace(self, **changes) -> Recipe:
         return dataclasses.replace(self, **changes)
@@ -123,9 +131,26 @@ RECIPES: dict[str, Recipe] = {r.name: r for r in [
                     what="course-transformer, batches padded to num_steps (no bucketing)",
                     bucket=False),
 ]}
+# The GPU track: a wider and deeper Transformer on the whole pool, larger batches, bf16.
+_GPU_TRANSFORMER = dict(d_model=512, num_heads=8, num_layers=6, d_ff=2048, dropout=0.1)
+_GPU = _COURSE.replace(name="gpu-transformer", device="cuda", precision="bf16",
+                       what="Transformer 512 wide, 6+6 layers, FFN 2048 (57M), the whole pool; "
+                            "batches of 256, bucketed; bf16; warmup; label smoothing 0.1; "
+                            "average of the last 5 epochs' weights; beam 4",
+                       train_pairs=None, num_steps=(16, 20), batch_size=256, lr=1e-3,
+                       warmup_steps=600, sizes=_GPU_TRANSFORMER, average_last=5,
+                       budget_s=300.0)
+RECIPES |= {r.name: r for r in [
+    _GPU,
+    _GPU.replace(name="gpu-fp32", precision="fp32", average_last=0, budget_s=60.0,
+                 what="gpu-transformer in fp32, 60 s, no averaging"),
+    _GPU.replace(name="gpu-bf16-same-steps", average_last=0, match_steps_of="gpu-fp32",
+                 what="gpu-transformer in bf16, as many steps as gpu-fp32, no averaging"),
+]}
 DEFAULT_RUNS = ["d2l-gru:0", "d2l-transformer:0", "course-transformer:0,1,2", "course-gru:0",
                 "course-bahdanau:0", "ablate-no-smoothing:0", "ablate-no-warmup:0",
                 "ablate-fixed-batches:0"]
+DEFAULT_GPU_RUNS = ["gpu-fp32:0", "gpu-bf16-same-steps:0", "gpu-transformer:0"]
 
 
 def build_model(recipe: Recipe, data: TranslationData) -> torch.nn.Module:
@@ -139,14 +164,18 @@ def build_model(recipe: Recipe, data: TranslationData) -> torch.nn.Module:
     # The course's models train with the fast layer's dropout mask (course_lib.fast: the same
     # distribution, cheaper on CPU) and decode with fast=True (the same tokens, faster).
     if recipe.arch == "transformer":
-        return use_cheap_dropout(Transformer(TransformerConfig(src_v, tgt_v, use_sdpa=True,
-                                                               **recipe.sizes)))
-    model_class = Seq2SeqGRU if recipe.arch == "gru" else Seq2SeqBahdanau
-    return use_cheap_dropout(model_class(src_v, tgt_v, **recipe.sizes))
+        model = Transformer(TransformerConfig(src_v, tgt_v, use_sdpa=True, **recipe.sizes))
+    else:
+        model_class = Seq2SeqGRU if recipe.arch == "gru" else Seq2SeqBahdanau
+        model = model_class(src_v, tgt_v, **recipe.sizes)
+    return use_cheap_dropout(model).to(recipe.device)
 
 
-def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: float) -> dict:
-    """Epochs over the training split until the deadline; the book's loop for d2l's models."""
+def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: float,
+                    max_steps: int | None = None) -> dict:
+    """Epochs over the training split until the deadline (or ``max_steps``); the book's loop
+    for d2l's models. With ``recipe.average_last`` the model ends with the mean of the weights
+    it had at the ends of its last epochs (the last one cut by the deadline included)."""
     params = [p for p in model.parameters() if p.requires_grad]
     scheduler = None
     if recipe.warmup_steps:
@@ -160,7 +189,9 @@ def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: floa
     loader = data.loader("train", bucket=recipe.bucket)
     pad = data.tgt_vocab.pad
     epochs, steps, tokens, last_loss = 0.0, 0, 0, math.nan
-    while time.perf_counter() < deadline:
+    scaler = grad_scaler(recipe.device, recipe.precision)
+    snapshots: collections.deque = collections.deque(maxlen=recipe.average_last or 1)
+    while time.perf_counter() < deadline and (max_steps is None or steps < max_steps):
         num_batches = len(loader)
         if recipe.side == "d2l":  # the book's Trainer: Adam, clipping at 1, its masked loss
             model.train()
@@ -174,13 +205,26 @@ def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: floa
                 total += loss.item()
             last_loss = total / max(done, 1)
         else:
-            result = train_epoch(model, loader, optimizer, scheduler=scheduler, clip_grad=1.0,
-                                 label_smoothing=recipe.label_smoothing, stop_at=deadline)
+            batches = loader if max_steps is None else itertools.islice(loader, max_steps - steps)
+            result = train_epoch(model, batches, optimizer, scheduler=scheduler, clip_grad=1.0,
+                                 label_smoothing=recipe.label_smoothing, stop_at=deadline,
+                                 precision=recipe.precision, scaler=scaler)
             done, last_loss = result["batches"], result["loss"]
             tokens += result["tokens"]
+            if recipe.average_last:
+                snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         steps += done
         epochs += done / num_batches
-    return {"epochs": epochs, "steps": steps, "train_tokens": tokens, "last_loss": last_loss}
+    if recipe.device == "cuda":
+        torch.cuda.synchronize()  # the queued steps belong to the training time
+    averaged = len(snapshots) if recipe.average_last else 0
+    if averaged > 1:
+        model.last_weights = snapshots[-1]  # kept to score the last weights as well
+        model.load_state_dict({k: sum(snapshot[k].float() for snapshot in snapshots)
+                               .div(averaged).to(v.dtype)
+                               for k, v in snapshots[-1].items()})
+    return {"epochs": epochs, "steps": steps, "train_tokens": tokens, "last_loss": last_loss,
+            "averaged": averaged}
 
 
 def translate_test(recipe: Recipe, model, data: TranslationData, beam_size: int,
@@ -237,9 +281,12 @@ def score(hypotheses: list[str], test_pairs: list[tuple[str, str]]) -> dict:
 
 
 def run_one(recipe: Recipe, seed: int, splits: PairSplits, budget: float,
-            test_limit: int, out_dir: Path | None) -> dict:
-    """Train ``recipe`` for ``budget`` seconds and score it; returns a result row."""
+            test_limit: int, out_dir: Path | None, max_steps: int | None = None) -> dict:
+    """Train ``recipe`` for ``budget`` seconds (at most ``max_steps`` steps) and score it;
+    returns a result row."""
     gc.collect()
+    if recipe.device == "cuda":
+        torch.cuda.empty_cache()
     start = time.perf_counter()
     deadline = start + budget
     set_seed(seed)
@@ -249,9 +296,10 @@ def run_one(recipe: Recipe, seed: int, splits: PairSplits, budget: float,
                            min_freq=recipe.min_freq, bucket=recipe.bucket, seed=seed)
     prepare_s = time.perf_counter() - start
     model = build_model(recipe, data)
-    trained = train_to_budget(recipe, model, data, deadline)
+    trained = train_to_budget(recipe, model, data, deadline, max_steps)
     train_s = time.perf_counter() - start
     row = {"recipe": recipe.name, "side": recipe.side, "seed": seed, "pairs": len(pool),
+           "device": recipe.device, "precision": recipe.precision,
            "src_vocab": len(data.src_vocab), "tgt_vocab": len(data.tgt_vocab),
            "parameters": sum(p.numel() for p in model.parameters()),
            "prepare_s": prepare_s, "train_s": train_s, **trained,
@@ -272,13 +320,20 @@ def run_one(recipe: Recipe, seed: int, splits: PairSplits, budget: float,
                 "\n".join(hypotheses) + "\n", encoding="utf-8")
         if label == "greedy" and seed == 0:
             row["samples"] = list(zip(test_pairs[:4], hypotheses[:4], strict=True))
+    last_weights = getattr(model, "last_weights", None)
+    if last_weights is not None:  # what averaging gained: the last weights, greedy
+        model.load_state_dict(last_weights)
+        scores = score(translate_test(recipe, model, data, 1, test_limit), test_pairs)
+        row["last_weights_greedy_bleu_a"] = scores["bleu_a"]
     final = "beam" if recipe.beam_size > 1 else "greedy"
     row["bleu_a"], row["bleu_b"] = row[f"{final}_bleu_a"], row[f"{final}_bleu_b"]
     print(f"  {recipe.name} seed {seed}: {row['epochs']:.2f} epochs, {row['steps']} steps, "
           f"{row['tokens_per_s']:,.0f} target tokens/s, train {train_s:.0f} s; BLEU (a) "
           f"greedy {row['greedy_bleu_a']:.2f}"
           + (f", beam {row['beam_bleu_a']:.2f}" if final == "beam" else "")
-          + f"; (b) {row['bleu_b']:.2f}", flush=True)
+          + f"; (b) {row['bleu_b']:.2f}"
+          + (f"; the last weights alone: greedy {row['last_weights_greedy_bleu_a']:.2f}"
+             if "last_weights_greedy_bleu_a" in row else ""), flush=True)
     return row
 
 
@@ -350,7 +405,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="CI smoke run: 3 s budgets, 3,000 pairs, 100 test sentences")
     parser.add_argument("--runs", nargs="*", default=None,
                         help=f"recipe:seeds items (default: {' '.join(DEFAULT_RUNS)})")
-    parser.add_argument("--budget", type=float, default=None, help="seconds per model")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="seconds per model (a recipe may set its own)")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"],
+                        help="cuda: the GPU track (its own recipes, default runs "
+                             f"{' '.join(DEFAULT_GPU_RUNS)})")
     parser.add_argument("--csv", type=Path, default=RESULTS / "fra_eng.csv")
     parser.add_argument("--plot", type=Path, default=None, help="write a bar chart here")
     parser.add_argument("--protocol-seed", type=int, default=0,
@@ -373,7 +432,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"The fra-eng corpus is not at {SHARED_FRA}: this benchmark needs it (set "
               "COURSE_SHARED_DIR to the directory holding data/fra-eng/fra.txt). Skipped.")
         return 0
-    runs = parse_runs(args.runs or DEFAULT_RUNS)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: this torch sees no CUDA GPU")
+    runs = parse_runs(args.runs or (DEFAULT_GPU_RUNS if args.device == "cuda" else DEFAULT_RUNS))
+    if args.device == "cpu" and any(recipe.device == "cuda" for recipe, _ in runs):
+        runs = [(recipe.replace(device="cpu"), seed) for recipe, seed in runs]  # a smoke test
+        print("(GPU recipes on the CPU: for smoke tests only)")
     budget = args.budget or (3.0 if args.quick else BUDGET_S)
     splits = benchmark_splits(load_fra_eng_pairs(SHARED_FRA, download=False),
                               seed=args.protocol_seed)
@@ -384,8 +448,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{machine()}\n{splits}; budget {budget:.0f} s per model; {len(runs)} runs")
     rows = []
     for recipe, seed in runs:
-        row = run_one(recipe, seed, splits, budget, test_limit, args.hypotheses)
-        row |= {"budget_s": budget, "test_sentences": test_limit,
+        own_budget = budget if args.quick or args.budget else (recipe.budget_s or budget)
+        steps = None
+        if recipe.match_steps_of is not None:
+            matched = [r["steps"] for r in rows if r["recipe"] == recipe.match_steps_of]
+            if not matched:
+                raise SystemExit(f"{recipe.name} runs as many steps as {recipe.match_steps_of}:"
+                                 " run that recipe first, in the same command")
+            steps, own_budget = matched[-1], 4 * own_budget  # the steps decide, not the clock
+        row = run_one(recipe, seed, splits, own_budget, test_limit, args.hypotheses, steps)
+        row |= {"budget_s": own_budget, "test_sentences": test_limit,
                 "protocol_seed": args.protocol_seed}
         rows.append(row)
         if args.jsonl is not None:
@@ -399,9 +471,15 @@ def report(rows: list[dict], budget: float, test_limit: int, args: argparse.Name
     """Print the tables and samples; write the CSV (and the plot)."""
     print(f"\nsacreBLEU signatures: (a) {rows[0]['signature_a']}\n"
           f"                      (b) {rows[0]['signature_b']}")
-    print_table("Every run", rows, ["recipe", "seed", "pairs", "epochs", "steps",
-                                    "tokens_per_s", "train_s", "greedy_bleu_a", "bleu_a",
-                                    "bleu_b", "greedy_decode_s"])
+    print_table("Every run", rows, ["recipe", "seed", "device", "precision", "pairs", "epochs",
+                                    "steps", "tokens_per_s", "train_s", "greedy_bleu_a",
+                                    "bleu_a", "bleu_b", "greedy_decode_s"])
+    by_name = {r["recipe"]: r for r in rows}
+    if {"gpu-fp32", "gpu-bf16-same-steps"} <= by_name.keys():
+        fp32, bf16 = by_name["gpu-fp32"], by_name["gpu-bf16-same-steps"]
+        print(f"\nbf16 against fp32, the same model, batches and {fp32['steps']} steps: "
+              f"{bf16['tokens_per_s'] / fp32['tokens_per_s']:.2f}x the target tokens/s; "
+              f"BLEU (a) {bf16['bleu_a']:.2f} against {fp32['bleu_a']:.2f}")
     summary = summarise(rows)
     print_table(f"Test BLEU on {test_limit} sentences, {budget:.0f} s per model (means over "
                 "seeds; sd where more than one)", summary,
