@@ -146,8 +146,8 @@ _GPU = _COURSE.replace(name="gpu-transformer", device="cuda", precision="bf16",
                        average_every=5, budget_s=300.0)
 RECIPES |= {r.name: r for r in [
     _GPU,
-    _GPU.replace(name="gpu-fp32", precision="fp32", average_last=0, budget_s=60.0,
-                 what="gpu-transformer in fp32, 60 s, no averaging"),
+    _GPU.replace(name="gpu-fp32", precision="fp32", average_last=0, budget_s=45.0,
+                 what="gpu-transformer in fp32, 45 s, no averaging"),
     _GPU.replace(name="gpu-bf16-same-steps", average_last=0, match_steps_of="gpu-fp32",
                  what="gpu-transformer in bf16, as many steps as gpu-fp32, no averaging"),
 ]}

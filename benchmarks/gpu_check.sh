@@ -13,7 +13,7 @@ python=${PYTHON:-python3}
 { nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
   "$python" -c "import torch; print('torch', torch.__version__, '|', torch.cuda.get_device_name())"
 } 2>&1 | tee "$results/gpu.txt"
-timeout 240 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_precision.py \
+timeout 100 "$python" -m pytest -q -p no:cacheprovider -rs tests/test_precision.py \
     tests/test_training_autocast.py -k "cuda or autocast" 2>&1 | tee "$results/cuda_tests.log"
-timeout 560 "$python" benchmarks/bench_fra_eng.py --device cuda --csv "$results/fra_eng_gpu.csv" \
+timeout 480 "$python" benchmarks/bench_fra_eng.py --device cuda --csv "$results/fra_eng_gpu.csv" \
     --jsonl "$results/fra_eng_gpu.jsonl" 2>&1 | tee "$results/fra_eng_gpu.log"
