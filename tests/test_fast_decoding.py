@@ -13,7 +13,7 @@ from torch.nn import functional as F
 
 from course_lib.decoding import beam_search, greedy_decode, sample_decode
 from course_lib.fast import transformer as fast_transformer
-from course_lib.fast.decoding import FastRunner, _matmul_attention, padded_output
+from course_lib.fast.decoding import FastRunner, padded_output
 from course_lib.models.rnn import Seq2SeqBahdanau, Seq2SeqGRU
 from course_lib.models.transformer import Transformer, TransformerConfig
 
@@ -192,22 +192,36 @@ def test_beams_sharing_memory_step_like_copied_memory(norm_first, use_sdpa):
     assert shared.memory.shape[0] == B - 1 and shared.memory_kv[0][0].shape[0] == B - 1
 
 
+@pytest.mark.parametrize("norm_first", [False, True])
 @pytest.mark.parametrize(("T_src", "fused"), [(7, False), (40, True)])
-def test_short_sources_are_encoded_with_matrix_products(T_src, fused, monkeypatch):
-    """Over at most 32 keys on CPU the fused kernel costs more than two matrix products, so
-    the fast runner encodes short sources without it; the memory is the same either way, and
-    the model's own switches are restored afterwards."""
+def test_the_fast_encoder_gives_the_cores_memory_with_the_kernel_that_pays(
+        T_src, fused, norm_first, monkeypatch):
+    """The fast encoder (stacked projections) gives the core's memory. Over at most 32 keys on
+    CPU the fused kernel costs more than two matrix products, so a model built with use_sdpa
+    uses it only over longer sources."""
     torch.manual_seed(0)
-    model = Transformer(TransformerConfig.tiny(SRC_V, TGT_V, use_sdpa=True)).eval()
-    src, valid = torch.randint(3, SRC_V, (2, T_src)), torch.tensor([T_src, 3])
+    config = TransformerConfig.tiny(SRC_V, TGT_V, use_sdpa=True, norm_first=norm_first)
+    model = Transformer(config).eval()
+    src, valid = torch.randint(3, SRC_V, (3, T_src)), torch.tensor([T_src, 3, 1])
     calls, sdpa = [], F.scaled_dot_product_attention
     monkeypatch.setattr(F, "scaled_dot_product_attention",
                         lambda *args, **kwargs: calls.append(1) or sdpa(*args, **kwargs))
     with torch.inference_mode():
         expected = model.encode(src, valid).memory
         calls.clear()
-        with _matmul_attention(model, src):
-            memory = model.encode(src, valid).memory
+        state = FastRunner(model).encode(src, valid)
     assert bool(calls) == fused
-    torch.testing.assert_close(memory, expected, rtol=0, atol=1e-5)
-    assert all(m.use_sdpa for m in model.modules() if hasattr(m, "use_sdpa"))
+    torch.testing.assert_close(state.memory, expected, rtol=0, atol=1e-5)
+    with pytest.raises(ValueError, match="src_valid_len"):
+        FastRunner(model).encode(src, valid[:2])
+
+
+def test_stacked_projections_are_the_three_projections():
+    torch.manual_seed(0)
+    model = Transformer(TransformerConfig.tiny(SRC_V, TGT_V, num_heads=4)).eval()
+    mha = model.decoder.blocks[1].self_attention
+    X = torch.randn(2, 5, 32)
+    with torch.no_grad():
+        stacked = fast_transformer.Projections.of(mha, "W_q", "W_k", "W_v")(X)
+        for ours, W in zip(stacked, (mha.W_q, mha.W_k, mha.W_v), strict=True):
+            torch.testing.assert_close(ours, mha.split_heads(W(X)), rtol=0, atol=1e-6)

@@ -18,8 +18,8 @@ fast=True)`` run the model through a ``FastRunner``. What it changes, and why:
   3,360 on this course's machine (``docs/results.md``). The decoders see only the first V
   columns; beam search's ``extend`` adds the live scores in place on the whole padded rows.
 - **The Transformer** runs through ``course_lib.fast.transformer``: beams share their
-  sentence's memory, and short sources use the matrix-product attention kernel, in the
-  encoder too.
+  sentence's memory, each attention's projections are one stacked matrix product, and short
+  sources use the matrix-product attention kernel, in the encoder too.
 
 A model that overrides ``decode`` (lesson 01's counting model) is run through its ``decode``,
 as the plain ``Runner`` does.
@@ -27,14 +27,10 @@ as the plain ``Runner`` does.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from course_lib.attention import MultiHeadAttention
 from course_lib.decoding import Runner
 from course_lib.fast import transformer as fast_transformer
 from course_lib.models.base import DecoderState, EncoderDecoder
@@ -57,21 +53,6 @@ def padded_output(output: nn.Linear, multiple: int = 16) -> tuple[torch.Tensor, 
             torch.cat([bias, bias.new_full((extra,), float("-inf"))]))
 
 
-@contextlib.contextmanager
-def _matmul_attention(model: nn.Module, src: torch.Tensor) -> Iterator[None]:
-    """On CPU over a short source, attention modules with ``use_sdpa`` use matrix products."""
-    modules = [m for m in model.modules() if isinstance(m, MultiHeadAttention) and m.use_sdpa]
-    if src.device.type != "cpu" or src.shape[-1] > fast_transformer._MATMUL_MAX_KEYS:
-        modules = []
-    for m in modules:
-        m.use_sdpa = False
-    try:
-        yield
-    finally:
-        for m in modules:
-            m.use_sdpa = True
-
-
 class FastRunner(Runner):
     """Runs an ``EncoderDecoder`` for the decoders with buffers, a padded output layer, and the
     Transformer's shared-memory beams (see the module's doc)."""
@@ -90,16 +71,18 @@ class FastRunner(Runner):
         self.log_probs: torch.Tensor | None = None  # (rows, V') float32
 
     def encode(self, src: torch.Tensor, src_valid_len: torch.Tensor):
-        with _matmul_attention(self.model, src):
-            state = self.model.encode(src, src_valid_len)
-        return fast_transformer.shared_state(self.model, state) if self.transformer else state
+        if not self.transformer:
+            return self.model.encode(src, src_valid_len)
+        self.fused = fast_transformer.FusedWeights.of(self.model)
+        return fast_transformer.encode(self.model, self.fused, src, src_valid_len)
 
     def step(self, tokens: torch.Tensor, state) -> tuple[torch.Tensor, object]:
         """Log-probabilities (R, V), float32, a view of the first V columns of a buffer."""
         if not self.buffered:
             return super().step(tokens, state)
         if self.transformer:
-            features, state = fast_transformer.decode_step(self.model, tokens, state)  # (R, D)
+            features, state = fast_transformer.decode_step(self.model, self.fused, tokens,
+                                                           state)  # (R, D)
         else:
             features, state = self.model.decode_features(tokens.unsqueeze(1), state)
             features = features[:, -1]  # (R, D)
