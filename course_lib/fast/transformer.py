@@ -1,12 +1,12 @@
-"""Decoding the course's ``Transformer`` faster: one step of new tokens, with beams sharing memory.
+"""The course's ``Transformer`` run faster for decoding: its encoder, and one decoder step.
 
 # B decoder rows · S source sentences · W beams per sentence (B = S * W) · H heads
 # T_src source time · T_past decoded positions · D model width · d = D / H
 
-The teaching core (``course_lib.models.transformer``) runs one step through its blocks with a
-``KVCache`` per attention layer, and beam search keeps one copy of every sentence's encoder
-memory (and of its projected keys and values) per hypothesis, copying them again each time it
-reorders hypotheses. Here the same weights run the same arithmetic with:
+The teaching core (``course_lib.models.transformer``) runs a decoding step through its blocks
+with a ``KVCache`` per attention layer, and beam search keeps one copy of every sentence's
+encoder memory (and of its projected keys and values) per hypothesis, copying them again each
+time it reorders hypotheses. Here the same weights run the same arithmetic with:
 
 - **shared memory**: the W hypotheses of a sentence sit in consecutive decoder rows and read
   their sentence's one row of memory. Cross-attention runs them as W more queries of that row:
