@@ -83,7 +83,8 @@ def to_device(batch: T, device: torch.device | str) -> T:
     CUDA the copy from (pinned) CPU memory may overlap with work already queued.
     """
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        # Without blocking only towards a GPU: a copy to the CPU must be complete before use.
+        return batch.to(device, non_blocking=torch.device(device).type == "cuda")
     if isinstance(batch, tuple):
         moved = [to_device(item, device) for item in batch]
         if all(new is old for new, old in zip(moved, batch, strict=True)):
