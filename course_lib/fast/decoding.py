@@ -87,14 +87,14 @@ class FastRunner(Runner):
             features, state = self.model.decode_features(tokens.unsqueeze(1), state)
             features = features[:, -1]  # (R, D)
         R = features.shape[0]
-        if features.dtype != self.weight.dtype:  # autocast: a fresh tensor, no buffer
-            dtype = features.dtype
-            logits = F.linear(features, self.weight.to(dtype), self.bias.to(dtype))
+        if features.dtype != self.weight.dtype:  # under autocast: its cast, a fresh tensor
+            logits = F.linear(features, self.weight, self.bias)
         else:
             self.logits = _grown(self.logits, R, self.weight.shape[0], features)
             logits = torch.addmm(self.bias, features, self.weight.t(), out=self.logits[:R])
-        self.log_probs = _grown(self.log_probs, R, logits.shape[1], logits.float())
-        log_probs = torch.log_softmax(logits.float(), dim=-1, out=self.log_probs[:R])
+        logits = logits.float()  # the same tensor when it is float32 already
+        self.log_probs = _grown(self.log_probs, R, logits.shape[1], logits)
+        log_probs = torch.log_softmax(logits, dim=-1, out=self.log_probs[:R])
         return log_probs[:, :self.vocab_size], state
 
     def reorder(self, state, rows: torch.Tensor, beams: int = 1) -> DecoderState:

@@ -54,8 +54,12 @@ class SharedBeamState:
     src_valid_len: torch.Tensor          # (S,)
     memory_kv: list[KV | None]           # per block: the memory's keys/values (S, H, T_src, d)
     self_kv: list[KV | None]             # per block: keys/values so far (B, H, T_past, d)
-    offset: int = 0                      # T_past, positions decoded so far
     beams: int = 1                       # W, decoder rows per sentence
+
+    @property
+    def offset(self) -> int:
+        """T_past, the positions decoded so far (the length of the self-attention cache)."""
+        return 0 if self.self_kv[0] is None else self.self_kv[0][0].shape[2]
 
 
 @dataclasses.dataclass
@@ -179,8 +183,7 @@ def decode_step(model: Transformer, fused: FusedWeights, tokens: torch.Tensor,
         self_kv.append(kv)
         memory_kv.append(mkv)
     features = model.decoder.norm(X[:, -1])  # (B, D)
-    return features, dataclasses.replace(state, self_kv=self_kv, memory_kv=memory_kv,
-                                         offset=state.offset + 1)
+    return features, dataclasses.replace(state, self_kv=self_kv, memory_kv=memory_kv)
 
 
 def reorder(state: SharedBeamState, rows: torch.Tensor, beams: int) -> SharedBeamState:
