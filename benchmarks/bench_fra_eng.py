@@ -176,10 +176,11 @@ def build_model(recipe: Recipe, data: TranslationData) -> torch.nn.Module:
 
 
 def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: float,
-                    max_steps: int | None = None) -> dict:
+                    max_steps: int | None = None) -> tuple[dict, dict | None]:
     """Epochs over the training split until the deadline (or ``max_steps``); the book's loop
     for d2l's models. With ``recipe.average_last`` the model ends with the mean of the weights
-    it had at the ends of its last epochs (the last one cut by the deadline included)."""
+    it had at the ends of its last epochs (the last one cut by the deadline included); the
+    weights it had at the end are returned beside the figures (None without averaging)."""
     params = [p for p in model.parameters() if p.requires_grad]
     scheduler = None
     if recipe.warmup_steps:
@@ -224,13 +225,14 @@ def train_to_budget(recipe: Recipe, model, data: TranslationData, deadline: floa
     if recipe.device == "cuda":
         torch.cuda.synchronize()  # the queued steps belong to the training time
     averaged = len(snapshots) if recipe.average_last else 0
+    last_weights = None
     if averaged > 1:
-        model.last_weights = snapshots[-1]  # kept to score the last weights as well
+        last_weights = snapshots[-1]  # returned to score the last weights as well
         model.load_state_dict({k: sum(snapshot[k].float() for snapshot in snapshots)
                                .div(averaged).to(v.dtype)
                                for k, v in snapshots[-1].items()})
     return {"epochs": epochs, "steps": steps, "train_tokens": tokens, "last_loss": last_loss,
-            "averaged": averaged}
+            "averaged": averaged}, last_weights
 
 
 def translate_test(recipe: Recipe, model, data: TranslationData, beam_size: int,
@@ -302,7 +304,7 @@ def run_one(recipe: Recipe, seed: int, splits: PairSplits, budget: float,
                            min_freq=recipe.min_freq, bucket=recipe.bucket, seed=seed)
     prepare_s = time.perf_counter() - start
     model = build_model(recipe, data)
-    trained = train_to_budget(recipe, model, data, deadline, max_steps)
+    trained, last_weights = train_to_budget(recipe, model, data, deadline, max_steps)
     train_s = time.perf_counter() - start
     row = {"recipe": recipe.name, "side": recipe.side, "seed": seed, "pairs": len(pool),
            "device": recipe.device, "precision": recipe.precision,
@@ -326,7 +328,6 @@ def run_one(recipe: Recipe, seed: int, splits: PairSplits, budget: float,
                 "\n".join(hypotheses) + "\n", encoding="utf-8")
         if label == "greedy" and seed == 0:
             row["samples"] = list(zip(test_pairs[:4], hypotheses[:4], strict=True))
-    last_weights = getattr(model, "last_weights", None)
     if last_weights is not None:  # what averaging gained: the last weights, greedy
         model.load_state_dict(last_weights)
         scores = score(translate_test(recipe, model, data, 1, test_limit), test_pairs)
