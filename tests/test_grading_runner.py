@@ -51,40 +51,19 @@ def test_plain_keeps_only_what_is_json_already():
                                     "text/html": ["<b>", "</b>"]}
 
 
-class FakeRun:
-    """subprocess.run that records each command and answers with ``returncode``."""
-
-    def __init__(self, returncode: int = 0):
-        self.commands: list[list[str]] = []
-        self.returncode = returncode
-
-    def __call__(self, args, **kwargs):
-        self.commands.append(list(args))
-        return subprocess.CompletedProcess(args, self.returncode)
-
-
-def test_hiding_covers_folders_and_files_and_counts_what_is_hidden(tmp_path):
-    folder, file = tmp_path / "solutions", tmp_path / "gradebook.db"
-    folder.mkdir()
-    file.write_text("grades")
-    run = FakeRun()
-    paths = [str(folder), str(file), str(tmp_path / "absent")]
-    assert runner.hide_paths(paths, run=run) == 3
-    assert run.commands == [
-        ["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "none", str(folder)],
-        ["mount", "--bind", "/dev/null", str(file)]]
-    assert runner.hide_paths(paths, run=FakeRun(returncode=1)) == 1  # only the absent one
-
-
-def test_exposing_the_interpreter_binds_its_prefix_back_over_a_tmpfs():
-    run = FakeRun()
-    runner.expose_interpreter(None, run=run)
-    assert run.commands == []
-    runner.expose_interpreter({"target": "/root/py", "stage": "/s", "closed": "/root"}, run=run)
-    assert run.commands == [["mount", "--rbind", "-o", "ro", "/root/py", "/s"],
-                            ["mount", "-t", "tmpfs", "-o", "mode=0755,size=64k", "none", "/root"],
-                            ["mkdir", "-p", "/root/py"],
-                            ["mount", "--rbind", "-o", "ro", "/s", "/root/py"]]
+def test_copying_in_takes_every_file_but_those_bound_for_collection(tmp_path, monkeypatch):
+    source, work = tmp_path / "submission", tmp_path / "work"
+    (source / "data").mkdir(parents=True)
+    (source / "hw1.ipynb").write_text("{}")
+    (source / "data" / "pairs.tsv").write_text("a\tb\n")
+    (source / ".records.jsonl").write_text("forged\n")
+    work.mkdir()
+    monkeypatch.chdir(work)
+    runner.copy_in(None)
+    assert list(work.iterdir()) == []
+    runner.copy_in({"source": str(source), "skip": [".records.jsonl"]})
+    assert sorted(path.name for path in work.iterdir()) == ["data", "hw1.ipynb"]
+    assert (work / "data" / "pairs.tsv").read_text() == "a\tb\n"
 
 
 def test_privileges_are_dropped_only_for_a_real_root_with_a_uid():
@@ -96,11 +75,11 @@ def run_runner(folder: Path, cells: list[str], limits=()) -> tuple[list[dict], s
     """Start the runner file as the sandbox does (no namespaces), send a configuration and
     ``cells``; its messages and raw stdout."""
     read, write = os.pipe()
-    process = subprocess.Popen(runner_command((), folder, write), cwd=folder,
+    process = subprocess.Popen(runner_command(write), cwd=folder,
                                stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, pass_fds=(write,))
     os.close(write)
-    config = {"expose": None, "hide": [], "uid": None, "gid": None, "real_root": False,
+    config = {"copy": None, "uid": None, "gid": None, "real_root": False,
               "limits": [list(limit) for limit in limits]}
     lines = [config] + [{"index": index, "source": source} for index, source in enumerate(cells)]
     process.stdin.write("".join(json.dumps(line) + "\n" for line in lines).encode())
@@ -115,14 +94,14 @@ def run_runner(folder: Path, cells: list[str], limits=()) -> tuple[list[dict], s
 
 
 def test_the_file_runs_with_python_isolated_and_speaks_the_protocol(tmp_path):
-    assert runner_command((), tmp_path, 5) == [sys.executable, "-I", str(RUNNER), "5"]
+    assert runner_command(5) == [sys.executable, "-I", str(RUNNER), "5"]
     (tmp_path / "helper.py").write_text("VALUE = 41\n")
     cells = ["import sys, resource\nprint(sys.flags.isolated, resource.getrlimit("
              "resource.RLIMIT_NOFILE))", "from helper import VALUE\nVALUE + 1", "1 / 0",
              "import os\nwritten = os.write(1, b'raw\\n')",
              "from IPython.display import display, Markdown; display(Markdown('**b**'))"]
     sent, stdout = run_runner(tmp_path, cells, limits=[("RLIMIT_NOFILE", 200, 200)])
-    assert sent[0] == {"type": "ready", "hidden": 0, "dropped": False}
+    assert sent[0] == {"type": "ready", "dropped": False}
     assert [m["type"] for m in sent[1:4]] == ["start", "output", "done"]
     assert sent[2]["output"]["text"] == "1 (200, 200)\n"  # -I, and the limits it was given
     outputs = {m["cell"]: [] for m in sent if m["type"] == "start"}

@@ -97,26 +97,56 @@ def world_readable():
 
 
 @NAMESPACES
-def test_hidden_paths_cannot_be_read_even_when_disclosed(world_readable):
-    gradebook = world_readable / "course" / "gradebook.db"
-    gradebook.parent.mkdir(mode=0o755)
-    gradebook.write_text("alice,100")
-    solutions = world_readable / "solutions.txt"
-    solutions.write_text("answer = 42")
-    for path in (gradebook, solutions):
-        path.chmod(0o644)
-    node = notebook(f"import os; print(sorted(os.listdir({str(gradebook.parent)!r})))",
-                    f"print(repr(open({str(solutions)!r}).read()))",
-                    f"open({str(gradebook)!r}).read()")
-
-    control = run_notebook(node, limits=FAST)  # not hidden: an absolute path stays readable
-    assert text(control.notebook.cells[2]) == "'answer = 42'\n"
-    result = run_notebook(node, limits=FAST, hidden_paths=[gradebook.parent, solutions])
+def test_the_view_holds_only_what_is_allowed(world_readable):
+    """The allow-list: a folder of this machine that nobody hid is not there either; the
+    Python environment is, read-only; a hidden path inside an allowed folder is covered."""
+    secret = world_readable / "solutions.txt"
+    secret.write_text("answer = 42")
+    secret.chmod(0o644)
+    venv_file = Path(sys.prefix) / "pyvenv.cfg"
+    node = notebook(f"print(repr(open({str(secret)!r}).read()))",
+                    f"print(len(open({str(venv_file)!r}).read()) > 0)",
+                    f"open({str(venv_file)!r}, 'a').write('x')")
+    result = run_notebook(node, limits=FAST)
     assert result.paths_hidden and result.fault is None
-    assert text(result.notebook.cells[1]) == "[]\n"  # an empty tmpfs over the folder
-    assert text(result.notebook.cells[2]) == "''\n"  # /dev/null over the file
-    assert result.notebook.cells[3].outputs[0].ename == "FileNotFoundError"
-    assert gradebook.read_text() == "alice,100"  # the grader still sees it
+    assert result.notebook.cells[1].outputs[0].ename == "FileNotFoundError"
+    assert text(result.notebook.cells[2]) == "True\n"
+    assert result.notebook.cells[3].outputs[0].evalue.startswith(("[Errno 13]", "[Errno 30]"))
+    covered = run_notebook(node, limits=FAST, hidden_paths=[venv_file])
+    assert covered.notebook.cells[2].outputs[0].ename == "PermissionError"  # /dev/null, nodev
+
+
+@NAMESPACES
+def test_an_editable_install_does_not_open_its_repository():
+    """course_lib is installed in editable mode from this checkout: a submission imports it,
+    and finds nothing else of the repository (solutions/, tests/, the gradebook)."""
+    import course_lib
+
+    repository = Path(course_lib.__file__).resolve().parents[1]
+    probe = ("import os, pathlib, course_lib\n"
+             "repo = pathlib.Path(course_lib.__file__).resolve().parents[1]\n"
+             "print(sorted(os.listdir(repo)))\n"
+             "print(sorted(os.listdir('/')))\n"
+             f"print(os.path.exists({str(repository / 'solutions')!r}), "
+             f"os.path.exists({str(repository / 'tests' / 'conftest.py')!r}))")
+    result = run_notebook(notebook(probe), limits=FAST)
+    assert result.fault is None, result.fault
+    repo_listing, root_listing, exists, *_ = text(result.notebook.cells[1]).splitlines()
+    visible = set(eval(repo_listing))
+    assert visible <= {"course_lib", ".venv"} and "course_lib" in visible
+    assert exists == "False False"
+    assert not set(eval(root_listing)) & {"home", "srv", "opt", "mnt", "var", "boot"}
+
+
+@NAMESPACES
+def test_everything_a_run_writes_is_capped_and_the_fault_names_the_cell():
+    fill = "for i in range(100):\n    open(f'part{i}.bin', 'wb').write(b'0' * 1_000_000)"
+    result = run_notebook(notebook("print('ok')", fill, "print('unreached')"),
+                          limits=Limits(max_disk_bytes=16 * 2**20, cell_timeout=20,
+                                        notebook_timeout=40))
+    assert result.fault.kind == "disk" and result.fault.cell == 2
+    assert "16 MiB" in result.fault.message
+    assert result.executed == [1] and text(result.notebook.cells[1]) == "ok\n"
 
 
 @NAMESPACES
@@ -235,17 +265,16 @@ def test_unreadable_notebooks_are_a_fault_not_an_exception(tmp_path):
     assert {result.fault.kind, missing.fault.kind} <= set(FAULT_KINDS)
 
 
-def test_a_path_runs_like_a_node_and_the_folder_can_be_kept(tmp_path):
+def test_a_path_runs_like_a_node_and_named_files_come_back(tmp_path):
     path = tmp_path / "hw1.ipynb"
-    nbformat.write(notebook("40 + 2", "open('answer.txt', 'w').write('42')"), path)
-    result = run_notebook(path, files=[path], limits=FAST, keep_workdir=True)
-    try:
-        assert result.fault is None
-        assert result.notebook.cells[1].outputs[0].data["text/plain"] == "42"
-        assert (result.workdir / "answer.txt").read_text() == "42"
-        assert (result.workdir / "hw1.ipynb").is_file()
-    finally:
-        shutil.rmtree(result.workdir.parent)
+    nbformat.write(notebook("40 + 2", "open('answer.txt', 'w').write('42')",
+                            "open('other.txt', 'w').write('?')"), path)
+    (tmp_path / "answer.txt").write_text("brought along")  # replaced by an empty file
+    result = run_notebook(path, files=[path, tmp_path / "answer.txt"], limits=FAST,
+                          collect=["answer.txt", "absent.txt"])
+    assert result.fault is None
+    assert result.notebook.cells[1].outputs[0].data["text/plain"] == "42"
+    assert result.files == {"answer.txt": b"42", "absent.txt": b""}
     with pytest.raises(ValueError, match="must exist"):
         run_notebook(path, files=[tmp_path / "absent.csv"])
 

@@ -7,7 +7,6 @@ import io
 import json
 import signal
 import time
-from pathlib import Path
 
 import nbformat
 import pytest
@@ -30,7 +29,7 @@ def supervisor(*sources: str, limits: Limits = LIMITS) -> Supervisor:
     """A supervisor over a markdown cell and ``sources``, with a fake runner process."""
     node = nbformat.v4.new_notebook(cells=[nbformat.v4.new_markdown_cell("# hw")]
                                     + [nbformat.v4.new_code_cell(s) for s in sources])
-    run = Supervisor(node, Path("."), (), limits, time.monotonic())
+    run = Supervisor(node, limits, time.monotonic())
     run.process = FakeProcess()
     run.streams = {11: "stdout", 12: "stderr"}
     return run
@@ -53,10 +52,10 @@ def test_cells_are_sent_one_at_a_time_as_the_runner_reports_them():
     run = supervisor("print(1)", "x = 2")
     run.on_protocol(line("start", cell=1) + line("done", cell=1, execution_count=7))
     assert sent(run) == [] and run.executed == []  # nothing sent yet: forged, ignored
-    run.on_protocol(line("ready", hidden=2, dropped=True))
-    assert sent(run) == [1] and (run.hidden, run.dropped) == (2, True)
-    run.on_protocol(line("ready", hidden=0, dropped=False))  # only the first counts
-    assert sent(run) == [1] and run.hidden == 2
+    run.on_protocol(line("ready", dropped=True))
+    assert sent(run) == [1] and run.dropped
+    run.on_protocol(line("ready", dropped=False))  # only the first counts
+    assert sent(run) == [1] and run.dropped
     run.on_protocol(line("start", cell=1) + line("output", output=output("1\n")))
     run.on_protocol(line("output", output="not a dict") + line("done", execution_count=1))
     assert run.node.cells[1].outputs[0].text == "1\n" and run.node.cells[1].execution_count == 1
@@ -71,7 +70,7 @@ def test_cells_are_sent_one_at_a_time_as_the_runner_reports_them():
 
 def test_a_message_split_across_reads_is_joined():
     run = supervisor("print(1)")
-    message = line("ready", hidden=0, dropped=False)
+    message = line("ready", dropped=False)
     run.on_protocol(message[:5])
     assert not run.ready
     run.on_protocol(message[5:])

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import shutil
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,7 @@ from course_lib.grading import cells
 from course_lib.grading.course import CELL_TIMEOUT, GradingError
 from course_lib.grading.instrument import CellPlan, instrument, pure_helpers
 from course_lib.grading.sandbox import NOBODY, Fault, Limits, run_notebook
-from course_lib.grading.verdicts import RECORDER, RECORDS_FILE, CellVerdict, judge, read_records
+from course_lib.grading.verdicts import RECORDER, RECORDS_FILE, CellVerdict, judge, parse_records
 
 __all__ = ["GRADING_LIMITS", "Execution", "SandboxedExecute", "TestPlans", "apply_verdicts",
            "execute", "grading_context", "judge_execution", "restore_trusted_cells"]
@@ -37,11 +36,12 @@ __all__ = ["GRADING_LIMITS", "Execution", "SandboxedExecute", "TestPlans", "appl
 # on a laptop and imports torch and d2l (about 1 GiB of address space before any tensor).
 GRADING_LIMITS = Limits(memory_bytes=6 * 2**30, cpu_seconds=900, cell_timeout=CELL_TIMEOUT,
                         notebook_timeout=900.0, max_processes=64,
-                        max_output_bytes=8 * 2**20, max_file_bytes=256 * 2**20)
+                        max_output_bytes=8 * 2**20, max_file_bytes=256 * 2**20,
+                        max_disk_bytes=1 * 2**30)
 
-FAULT_NAMES = {"timeout": "TimeoutError", "memory": "MemoryError", "killed": "GradingError",
-               "output_limit": "OutputLimitError", "crashed": "KernelDied",
-               "invalid_notebook": "InvalidNotebook"}
+FAULT_NAMES = {"timeout": "TimeoutError", "memory": "MemoryError", "disk": "DiskLimitError",
+               "killed": "GradingError", "output_limit": "OutputLimitError",
+               "crashed": "KernelDied", "invalid_notebook": "InvalidNotebook"}
 
 
 @dataclass
@@ -117,12 +117,8 @@ def execute(node: nbformat.NotebookNode, folder: Path, tests: TestPlans, *,
             cell.source = plan.source
     to_run.cells.insert(0, nbformat.v4.new_code_cell(RECORDER))
     result = run_notebook(to_run, files=folder, limits=limits, hidden_paths=hidden_paths,
-                          uid=uid, keep_workdir=True)
-    try:
-        records = read_records(result.workdir / RECORDS_FILE) if result.workdir else []
-    finally:
-        if result.workdir is not None:
-            shutil.rmtree(result.workdir.parent, ignore_errors=True)
+                          uid=uid, collect=[RECORDS_FILE])
+    records = parse_records(result.files.get(RECORDS_FILE, b""))
     for cell, ran in zip(node.cells, result.notebook.cells[1:], strict=True):
         if cell.cell_type == "code":
             cell.outputs = ran.outputs

@@ -45,7 +45,7 @@ from course_lib.grading import recorder
 from course_lib.grading.instrument import HOLE, CellPlan, Check
 from course_lib.grading.recorder import NAME_PREFIX, RECORDER_NAME, RECORDS_FILE
 
-__all__ = ["RECORDER", "RECORDS_FILE", "CellVerdict", "judge", "read_records"]
+__all__ = ["RECORDER", "RECORDS_FILE", "CellVerdict", "judge", "parse_records", "read_records"]
 
 MAX_RECORDS_BYTES = 64 * 2**20  # a larger records file is not read: the cells it covers fail
 
@@ -173,23 +173,28 @@ class CellVerdict:
 
 
 def read_records(path: Path) -> list[dict]:
-    """The records a run wrote, in order; malformed lines and anything past the size cap are
-    dropped (the cells they belong to then fail)."""
+    """The records a run wrote to the file ``path``, in order (see ``parse_records``)."""
     path = Path(path)
     if not path.is_file() or path.is_symlink():
         return []
-    records, size = [], 0
     with open(path, "rb") as handle:
-        for line in handle:
-            size += len(line)
-            if size > MAX_RECORDS_BYTES:
-                break
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(record, dict) and isinstance(record.get("cell"), str):
-                records.append(record)
+        return parse_records(handle.read(MAX_RECORDS_BYTES + 1))
+
+
+def parse_records(data: bytes) -> list[dict]:
+    """The records in ``data`` (JSON lines), in order; malformed lines and anything past the
+    size cap are dropped (the cells they belong to then fail)."""
+    records, size = [], 0
+    for line in data.splitlines(keepends=True):
+        size += len(line)
+        if size > MAX_RECORDS_BYTES:
+            break
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("cell"), str):
+            records.append(record)
     return records
 
 

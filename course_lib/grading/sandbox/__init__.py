@@ -76,22 +76,33 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.grading.sandbox.isolation import namespace_support, prepare_workdir, runner_config
+from course_lib.grading.sandbox.isolation import (
+    environment,
+    missing_isolation,
+    namespace_support,
+    prepare_workdir,
+    runner_command,
+    runner_config,
+    uid_slot,
+    view_arguments,
+    working_folder,
+)
 from course_lib.grading.sandbox.limits import FAULT_KINDS, NOBODY, Fault, Limits, SandboxResult
 from course_lib.grading.sandbox.supervisor import Supervisor
 
-__all__ = ["FAULT_KINDS", "NOBODY", "Fault", "Limits", "SandboxResult", "namespace_support",
-           "run_notebook"]
+__all__ = ["FAULT_KINDS", "NOBODY", "Fault", "Limits", "SandboxResult", "missing_isolation",
+           "namespace_support", "run_notebook", "uid_slot"]
 
 
 def run_notebook(notebook, *, files=None, limits: Limits | None = None,
                  hidden_paths: Iterable[str | os.PathLike] = (), uid: int | None = NOBODY,
-                 keep_workdir: bool = False) -> SandboxResult:
+                 collect: Iterable[str] = ()) -> SandboxResult:
     """Execute the code cells of ``notebook`` (a NotebookNode or a path) in a sandbox.
 
     ``files``: the submission's folder (its contents are copied) or a list of files to copy.
-    ``hidden_paths``: absolute paths to make unreadable inside the sandbox (needs namespaces).
+    ``hidden_paths``: paths covered even where an allowed folder of the view holds them.
     ``uid``: the unprivileged uid the runner switches to when the grader is root (None: stay).
+    ``collect``: names of files in the working folder to bring back (``SandboxResult.files``).
     """
     limits = limits or Limits()
     start = time.monotonic()
@@ -105,23 +116,26 @@ def run_notebook(notebook, *, files=None, limits: Limits | None = None,
     real_root = os.geteuid() == 0
     drop_uid = uid if real_root and prefix else None
     hide = [Path(path).resolve() for path in hidden_paths]
-    root = prepare_workdir(files, drop_uid)
-    work = root / "work"
+    collect = list(collect)
+    root = prepare_workdir(files, drop_uid, collect)
     try:
-        covering = [str(path) for path in hide if work.is_relative_to(path)]
+        covering = [str(path) for path in hide if root.is_relative_to(path)]
         if covering:
-            raise ValueError(f"hidden_paths must not contain the sandbox folder {work}; "
+            raise ValueError(f"hidden_paths must not contain the sandbox folder {root}; "
                              f"got {', '.join(covering)}")
-        config = runner_config(work, prefix, limits, [str(path) for path in hide], drop_uid,
-                               real_root)
-        run = Supervisor(node, work, prefix, limits, start)
-        fault = run.run(config)
-        return SandboxResult(node, fault, bool(prefix), bool(prefix) and run.hidden == len(hide),
-                             bool(run.dropped), time.monotonic() - start, run.capture.stored,
-                             run.executed, work if keep_workdir else None)
+        run = Supervisor(node, limits, start)
+        view = view_arguments(prefix, root, limits, hide, collect)
+        fault = run.run(lambda fd: runner_command(fd, view),
+                        root / "work", environment(working_folder(prefix, root)),
+                        runner_config(prefix, limits, drop_uid, real_root, collect))
+        kept = root / ("keep" if prefix else "work")
+        files_back = {name: (kept / name).read_bytes() if (kept / name).is_file()
+                      and not (kept / name).is_symlink() else b"" for name in collect}
+        return SandboxResult(node, fault, bool(prefix), bool(prefix), bool(run.dropped),
+                             time.monotonic() - start, run.capture.stored, run.executed,
+                             files_back)
     finally:
-        if not keep_workdir:
-            shutil.rmtree(root, ignore_errors=True)
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def _read_notebook(notebook) -> nbformat.NotebookNode:

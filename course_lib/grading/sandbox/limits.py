@@ -4,13 +4,13 @@ if any, and the ``SandboxResult``."""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 import nbformat
 
 __all__ = ["FAULT_KINDS", "NOBODY", "Fault", "Limits", "SandboxResult"]
 
-FAULT_KINDS = ("timeout", "memory", "killed", "output_limit", "crashed", "invalid_notebook")
+FAULT_KINDS = ("timeout", "memory", "disk", "killed", "output_limit", "crashed",
+               "invalid_notebook")
 NOBODY = 65534  # the uid a run switches to when the grader is root
 
 
@@ -25,6 +25,7 @@ class Limits:
     max_processes: int = 64  # RLIMIT_NPROC (enforced only for a non-root uid)
     max_output_bytes: int = 4 * 2**20  # everything the run prints or displays, all cells
     max_file_bytes: int = 64 * 2**20  # RLIMIT_FSIZE: the largest file it may write
+    max_disk_bytes: int = 256 * 2**20  # all it writes: the size of its tmpfs (/tmp, its folder)
     max_open_files: int = 256  # RLIMIT_NOFILE
 
 
@@ -52,5 +53,5 @@ class SandboxResult:
     seconds: float
     output_bytes: int  # bytes of output stored in the notebook (<= max_output_bytes)
     executed: list[int] = field(default_factory=list)  # indices of the cells that completed
-    workdir: Path | None = None  # the run's folder, kept only with keep_workdir=True (then yours
-    # to remove, with its parent): where the files a notebook wrote can be collected
+    files: dict[str, bytes] = field(default_factory=dict)  # each file of ``collect``, as the
+    # run left it in its working folder (b"" if it wrote none)

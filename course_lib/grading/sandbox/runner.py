@@ -1,21 +1,21 @@
 """The sandbox's runner: runs a notebook's code cells one at a time in a plain IPython shell and
 sends everything they print or display to the parent as JSON messages.
 
-``supervisor.py`` starts it as ``python -I runner.py FD`` in the sandbox's working folder, inside
-the namespaces (as root where the grader is root). ``-I`` keeps the grader's folders and
-environment off ``sys.path``, so this file imports only the standard library, and IPython once
-the sandbox is set up.
+``supervisor.py`` starts it as ``python -I runner.py FD`` in the sandbox's working folder,
+inside bubblewrap's view (``view.py``; as root where the grader is root). ``-I`` keeps the
+grader's folders and environment off ``sys.path``, so this file imports only the standard
+library, and IPython once the sandbox is set up.
 
-Protocol. stdin: one JSON line of configuration (``expose``, ``hide``, ``uid``, ``gid``,
-``real_root``, ``limits``; see ``isolation.runner_config``), then one JSON line per cell,
+Protocol. stdin: one JSON line of configuration (``uid``, ``gid``, ``real_root``, ``copy``,
+``limits``; see ``isolation.runner_config``), then one JSON line per cell,
 ``{"index": i, "source": text}``. File descriptor FD: one JSON line per message, ``ready``
-(``hidden``: paths covered, ``dropped``: privileges dropped), then for each cell ``start``, any
+(``dropped``: privileges dropped), then for each cell ``start``, any
 number of ``output`` (an nbformat output) and ``done`` (its ``execution_count``). Cell code
 shares this process, so the parent trusts none of it beyond what it checks.
 
-Set-up runs in this order, each step needing the one before: expose the interpreter and hide
-paths (as root, in the private mount namespace), drop privileges, set the rlimits (after the
-drop, so that RLIMIT_NPROC counts), then start IPython.
+Set-up runs in this order, each step needing the one before: drop privileges, copy the
+submission into the working folder (so the copies are the unprivileged uid's), set the rlimits
+(after the drop, so that RLIMIT_NPROC counts), then start IPython.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ import json
 import os
 import resource
 import signal
-import subprocess
 import sys
 
 CHUNK = 65536  # the longest stream text in one message
@@ -41,33 +40,23 @@ class Channel:
         self.stream.write(json.dumps({"type": kind, **fields}) + "\n")
 
 
-def expose_interpreter(expose: dict | None, run=subprocess.run) -> None:
-    """Where the interpreter lives in a folder the unprivileged uid cannot enter (pyenv under
-    /root): cover that folder with a tmpfs and bind only the interpreter's prefix back,
-    read-only. ``expose``: ``target`` (the prefix), ``stage`` (an empty folder), ``closed``."""
-    if not expose:
+def copy_in(copy: dict | None) -> None:
+    """Copy the submission's files (``copy["source"]``, read-only in the view) into the working
+    folder, a size-limited tmpfs, leaving out the names bound there already
+    (``copy["skip"]``: files whose contents must outlive the run). Runs after the privileges
+    are dropped, so the copies belong to the unprivileged uid."""
+    if not copy:
         return
-    for args in (["mount", "--rbind", "-o", "ro", expose["target"], expose["stage"]],
-                 ["mount", "-t", "tmpfs", "-o", "mode=0755,size=64k", "none", expose["closed"]],
-                 ["mkdir", "-p", expose["target"]],
-                 ["mount", "--rbind", "-o", "ro", expose["stage"], expose["target"]]):
-        run(args, check=True, capture_output=True)
+    import shutil
 
-
-def hide_paths(paths: list[str], run=subprocess.run) -> int:
-    """Cover each path: a folder by an empty read-only tmpfs, a file by ``/dev/null``. Returns
-    how many are hidden (a path that does not exist counts as hidden)."""
-    hidden = 0
-    for path in paths:
-        if os.path.isdir(path):
-            args = ["mount", "-t", "tmpfs", "-o", "ro,size=4k,mode=0555", "none", path]
-        elif os.path.exists(path):
-            args = ["mount", "--bind", "/dev/null", path]
-        else:
-            hidden += 1
+    for name in os.listdir(copy["source"]):
+        if name in copy["skip"]:
             continue
-        hidden += run(args, capture_output=True).returncode == 0
-    return hidden
+        source, target = os.path.join(copy["source"], name), os.path.join(os.getcwd(), name)
+        if os.path.isdir(source) and not os.path.islink(source):
+            shutil.copytree(source, target, symlinks=True)
+        else:
+            shutil.copy2(source, target, follow_symlinks=False)
 
 
 def drop_privileges(uid: int | None, gid: int | None, real_root: bool) -> bool:
@@ -183,9 +172,8 @@ def main(argv: list[str]) -> None:
     """``runner.py FD``: set up from the configuration line on stdin, then serve the cells."""
     channel = Channel(os.fdopen(int(argv[1]), "w", buffering=1))
     config = json.loads(sys.stdin.readline())
-    expose_interpreter(config["expose"])
-    hidden = hide_paths(config["hide"])
     dropped = drop_privileges(config["uid"], config["gid"], config["real_root"])
+    copy_in(config["copy"])
     apply_limits(config["limits"])
     sys.path.insert(0, "")  # cells import the submission's own modules from the folder
     cells, sys.stdin = sys.stdin, open(os.devnull)  # noqa: SIM115 - stdin for the whole run
@@ -196,7 +184,7 @@ def main(argv: list[str]) -> None:
     settings = Config()
     settings.HistoryManager.enabled = False
     shell = shell_type.instance(colors="nocolor", config=settings)
-    channel.send("ready", hidden=hidden, dropped=dropped)
+    channel.send("ready", dropped=dropped)
     serve(shell, channel, cells)
 
 

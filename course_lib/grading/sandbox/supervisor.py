@@ -22,12 +22,12 @@ from pathlib import Path
 
 import nbformat
 
-from course_lib.grading.sandbox.isolation import environment, runner_command
 from course_lib.grading.sandbox.limits import Fault, Limits
 
 __all__ = ["Capture", "Supervisor", "describe_exit", "kill"]
 
 CHUNK = 65536  # bytes read from a pipe at a time
+DISK_FULL = "[Errno 28]"  # ENOSPC: the run's tmpfs (Limits.max_disk_bytes) is full
 CORRUPTED = ("the runner's message stream was corrupted (a cell wrote to the sandbox's private "
              "pipe)")
 
@@ -81,18 +81,16 @@ class Capture:
 class Supervisor:
     """One run of the runner over ``node``'s code cells, from start to the fault (or none)."""
 
-    def __init__(self, node: nbformat.NotebookNode, work: Path, prefix: tuple[str, ...],
-                 limits: Limits, start: float):
+    def __init__(self, node: nbformat.NotebookNode, limits: Limits, start: float):
         for cell in node.cells:
             if cell.cell_type == "code":
                 cell.outputs, cell.execution_count = [], None
-        self.node, self.work, self.prefix, self.limits, self.start = (node, work, prefix,
-                                                                      limits, start)
+        self.node, self.limits, self.start = node, limits, start
         self.capture = Capture(node, limits.max_output_bytes)
         self.pending = [index for index, cell in enumerate(node.cells)
                         if cell.cell_type == "code"]
         self.executed: list[int] = []  # cells that completed
-        self.hidden, self.dropped = 0, False  # as the runner reported them
+        self.dropped = False  # as the runner reported it
         self.sent: int | None = None  # the cell last sent to the runner
         self.last_cell: int | None = None  # the cell that last started
         self.cell_started = start
@@ -104,13 +102,14 @@ class Supervisor:
         self.protocol = -1  # the read end of the private pipe
         self.streams: dict[int, str] = {}  # the runner's stdout and stderr: fd -> name
 
-    def run(self, config: dict) -> Fault | None:
-        """Start the runner with ``config``, serve every cell, end it; the fault or None."""
+    def run(self, command, cwd: Path, env: dict[str, str], config: dict) -> Fault | None:
+        """Start the runner (``command(fd)``: its command line, given the private pipe's
+        write end) with ``config``, serve every cell, end it; the fault or None."""
         self.protocol, protocol_write = os.pipe()
         try:
             self.process = subprocess.Popen(
-                runner_command(self.prefix, self.work, protocol_write), cwd=self.work,
-                env=environment(self.work), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                command(protocol_write), cwd=cwd,
+                env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, pass_fds=(protocol_write,), start_new_session=True)
         except BaseException:
             os.close(self.protocol)
@@ -214,7 +213,7 @@ class Supervisor:
     def on_ready(self, message: dict) -> None:
         if not self.ready:
             self.ready = True
-            self.hidden, self.dropped = message.get("hidden", 0), message.get("dropped", False)
+            self.dropped = message.get("dropped", False)
             self.next_cell()
 
     def on_start(self, message: dict) -> None:
@@ -230,6 +229,10 @@ class Supervisor:
         if output.get("output_type") == "error" and output.get("ename") == "MemoryError":
             raise _Stop(Fault("memory", self.capture.cell, "out of memory (limit "
                               f"{self.limits.memory_bytes / 2**20:.0f} MiB)"))
+        if output.get("output_type") == "error" and DISK_FULL in str(output.get("evalue")):
+            raise _Stop(Fault("disk", self.capture.cell, "disk limit reached: everything a "
+                              f"run writes is capped at {self.limits.max_disk_bytes / 2**20:.0f}"
+                              " MiB"))
 
     def on_done(self, message: dict) -> None:
         if self.capture.cell is None:
