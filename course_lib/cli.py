@@ -9,6 +9,8 @@ Graded homework, on nbgrader (see course_lib/grading/):
     course release hw1_rnn_seq2seq | --all   regenerate assignments/ from solutions/
     course check NOTEBOOK                    a student's run of the visible tests
     course grade hw1_rnn_seq2seq [--jobs 2]  autograde submitted/*/hw1_rnn_seq2seq/ in sandboxes
+        [--cluster local | tcp://HOST:PORT]  ... on Dask workers (docs/deployment.md)
+        [--db postgresql://...]              ... into another gradebook database
     course feedback hw1_rnn_seq2seq          HTML per student, hidden tests left out
     course export [--to grades.csv]          grades from the gradebook to CSV
 """
@@ -177,8 +179,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
     course = _course(args)
     if args.jobs < 1:
         raise GradingError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.db is not None:
+        course.use_database(args.db)
     results = grade_assignment(course, args.assignment, students=args.student or None,
-                               jobs=args.jobs, progress=not args.no_progress)
+                               jobs=args.jobs, cluster=args.cluster,
+                               progress=not args.no_progress)
     print(format_summary(args.assignment, results))
     return 0
 
@@ -228,7 +233,13 @@ def add_grading_commands(commands) -> None:
     grade.add_argument("assignment", metavar="ASSIGNMENT")
     grade.add_argument("--jobs", type=int, default=1, metavar="N",
                        help="run N submissions at once (each sandbox under its own uid; "
-                            "default 1)")
+                            "default 1); with --cluster local, N worker processes")
+    grade.add_argument("--cluster", default=None, metavar="ADDRESS",
+                       help="run the sandboxes on Dask workers: 'local' (a LocalCluster on "
+                            "127.0.0.1) or a running scheduler's tcp://HOST:PORT")
+    grade.add_argument("--db", default=None, metavar="URL",
+                       help="the gradebook's SQLAlchemy URL (default: c.CourseDirectory.db_url, "
+                            "sqlite:///gradebook.db), e.g. postgresql://USER@HOST/DB")
     grade.add_argument("--student", nargs="+", metavar="ID", help="only these students")
     grade.add_argument("--no-progress", action="store_true", help="no progress bar")
     grade.set_defaults(func=cmd_grade)

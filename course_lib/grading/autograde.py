@@ -25,13 +25,9 @@ raises GradingError.
 from __future__ import annotations
 
 import dataclasses
-import queue
-import shutil
 import sys
-import tempfile
 import time
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,14 +36,13 @@ from traitlets.config import Config
 
 from course_lib.grading import cells
 from course_lib.grading.course import Course, GradingError
+from course_lib.grading.engine import RETRIES, Engine, Task, is_lost_worker, read_files
 from course_lib.grading.execution import (
     GRADING_LIMITS,
-    Execution,
     TestPlans,
     _Context,
-    execute,
+    accept_reference,
     grading_context,
-    reference_run,
     restore_trusted_cells,
 )
 from course_lib.grading.gradebook import (
@@ -63,7 +58,7 @@ from course_lib.grading.gradebook import (
 from course_lib.grading.integrity import check_submission
 from course_lib.grading.policy import Policy, load_policy
 from course_lib.grading.release import ensure_in_gradebook
-from course_lib.grading.sandbox import NOBODY, Limits
+from course_lib.grading.sandbox import Limits
 
 __all__ = ["StudentResult", "format_summary", "grade_assignment", "submitted_students"]
 
@@ -141,7 +136,7 @@ def _sandboxed_config() -> Config:
 
 def _grade_one(course: Course, assignment: str, student: str,
                notebooks: list[str], order: list[str], references: _References,
-               context: _Context) -> StudentResult:
+               context: _Context, lost: str | None = None) -> StudentResult:
     from nbgrader.converters import Autograde
 
     start = time.perf_counter()
@@ -153,16 +148,19 @@ def _grade_one(course: Course, assignment: str, student: str,
         grading_errors.append(f"missing notebook {', '.join(notebooks)}"
                               + (f" (found {', '.join(found)})" if found else ""))
         record_missing(course, assignment, student)
+    elif lost is not None:  # the run never came back: nothing of it is written
+        grading_errors.append(lost)
+        record_missing(course, assignment, student)
     else:
-        before = snapshot(course)
+        before = snapshot(course, assignment, student)
         try:
             run = course.run(Autograde, config=_sandboxed_config(), assignment_id=assignment,
                              student_id=student, force=True, create_student=True)
         except BaseException:
-            restore(course, before)
+            restore(course, assignment, student, before)
             raise
         if not run.success:  # nothing half-written stays: back to before, then a zero
-            restore(course, before)
+            restore(course, assignment, student, before)
             grading_errors.append(f"nbgrader autograde failed: {run.summary()}")
             record_missing(course, assignment, student)
         for name in present:
@@ -181,8 +179,11 @@ def _grade_one(course: Course, assignment: str, student: str,
 
 
 def grade_assignment(course: Course, assignment: str, *, students: list[str] | None = None,
-                     jobs: int = 1, progress: bool = True) -> list[StudentResult]:
-    """Autograde the submissions of ``assignment`` (all, or those of ``students``)."""
+                     jobs: int = 1, cluster: str | None = None, progress: bool = True,
+                     retries: int = RETRIES) -> list[StudentResult]:
+    """Autograde the submissions of ``assignment`` (all, or those of ``students``): ``jobs``
+    sandboxes at once on this machine, or on a Dask ``cluster`` ("local": ``jobs`` worker
+    processes on 127.0.0.1; "tcp://HOST:PORT": a running scheduler's workers)."""
     from tqdm.auto import tqdm
 
     if jobs < 1:
@@ -208,49 +209,56 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
              for name in notebooks}
     context = _Context(tests=tests, hidden_paths=hidden_paths(course),
                        limits=grading_limits(course), prefetched={})
-    uids: queue.SimpleQueue[int] = queue.SimpleQueue()
-    for job in range(jobs):  # RLIMIT_NPROC counts per uid: one uid per parallel sandbox
-        uids.put(NOBODY - job)
-
-    def sandboxed(function, *args):
-        uid = uids.get()
-        try:
-            return function(*args, limits=context.limits, hidden_paths=context.hidden_paths,
-                            uid=uid)
-        finally:
-            uids.put(uid)
-
     results = []
-    bar = tqdm(available, desc=f"grading {assignment}", unit="submission", disable=not progress,
-               file=sys.stderr)
-    with warnings.catch_warnings(), ThreadPoolExecutor(jobs) as pool:
+    with warnings.catch_warnings(), Engine(jobs, cluster, retries) as engine:
         # nbgrader 0.9's gradebook code makes SQLAlchemy 2 warn about objects it adds to the
         # session later ("Object of type <SubmittedAssignment> not in session"): harmless.
         warnings.filterwarnings("ignore", message="Object of type <Submitted")
-        source_folder = course.source_dir / assignment
-        reference_runs = [pool.submit(sandboxed, reference_run, references.source[name],
-                                      source_folder, tests[name.removesuffix(".ipynb")])
+        for warning in engine.warnings():
+            print(f"course grade: WARNING: {warning}", file=sys.stderr)
+        source_files = read_files(course.source_dir / assignment)
+        reference_runs = [engine.submit(_task(f"solution/{name}", references.source[name],
+                                              source_files, name, tests, context))
                           for name in notebooks]
-        runs = {student: [pool.submit(_prefetch, course, assignment, student, name,
-                                      references, tests, sandboxed) for name in notebooks]
+        runs = {student: [_submit(engine, course, assignment, student, name, references,
+                                  tests, context, source_files) for name in notebooks]
                 for student in available}
+        bar = tqdm(available, desc=f"grading {assignment}", unit="submission",
+                   disable=not progress, file=sys.stderr)
         try:
-            for future in reference_runs:
-                future.result()  # GradingError if the solution fails its own tests
+            for name, future in zip(notebooks, reference_runs, strict=True):
+                accept_reference(future.result(), tests[name.removesuffix(".ipynb")])
             for student in bar:
                 bar.set_postfix_str(student)
-                for name, future in zip(notebooks, runs[student], strict=True):
-                    execution = future.result()
-                    if execution is not None:
-                        context.prefetched[(student, name.removesuffix(".ipynb"))] = execution
+                lost = _collect(student, notebooks, runs[student], context, retries)
                 with grading_context(context):
                     results.append(_grade_one(course, assignment, student, notebooks, order,
-                                              references, context))
+                                              references, context, lost))
         finally:
             for future in [*reference_runs, *(f for fs in runs.values() for f in fs)]:
-                future.cancel()
-    bar.close()
+                if future is not None:
+                    future.cancel()
+            bar.close()
     return results
+
+
+def _collect(student: str, notebooks: list[str], futures: list, context: _Context,
+             retries: int) -> str | None:
+    """Wait for one student's runs and hand them to SandboxedExecute; the reason, if a run
+    was lost with the workers running it."""
+    for name, future in zip(notebooks, futures, strict=True):
+        if future is None:
+            continue
+        try:
+            execution = future.result()
+        except Exception as error:
+            if not is_lost_worker(error):
+                raise
+            return (f"not graded: the workers running {name} died {retries + 1} times "
+                    f"(killed, out of memory or lost); rerun `course grade --student "
+                    f"{student}`")
+        context.prefetched[(student, name.removesuffix(".ipynb"))] = execution
+    return None
 
 
 def grading_limits(course: Course) -> Limits:
@@ -280,32 +288,28 @@ def hidden_paths(course: Course) -> list[Path]:
     return [path for path in paths if path.exists()]
 
 
-def _prefetch(course: Course, assignment: str, student: str, name: str,
-              references: _References, tests: dict[str, TestPlans], sandboxed
-              ) -> Execution | None:
-    """Run one submitted notebook ahead of nbgrader (in a worker thread), from a folder laid
-    out as nbgrader's autograded folder will be: the submission, then the source's data files
+def _task(key: str, node: nbformat.NotebookNode, files: dict[str, bytes], name: str,
+          tests: dict[str, TestPlans], context: _Context) -> Task:
+    return Task(key, node, files, tests[name.removesuffix(".ipynb")], context.limits,
+                [str(path) for path in context.hidden_paths])
+
+
+def _submit(engine: Engine, course: Course, assignment: str, student: str, name: str,
+            references: _References, tests: dict[str, TestPlans], context: _Context,
+            source_files: dict[str, bytes]):
+    """Send one submitted notebook to a worker, ahead of nbgrader, with its folder laid out
+    as nbgrader's autograded folder will be: the submission, then the source's data files
     over it. None if there is nothing to run (nbgrader then decides)."""
     folder = course.submitted_dir / student / assignment
     try:
         submitted = nbformat.read(folder / name, as_version=4)
     except Exception:  # missing or unreadable: nbgrader reports it
         return None
-    staging = Path(tempfile.mkdtemp(prefix="course-grade-"))
-    try:
-        work = staging / "files"
-        shutil.copytree(folder, work, symlinks=True)
-        source = course.source_dir / assignment
-        for path in source.rglob("*"):
-            if path.is_file() and path.suffix != ".ipynb":
-                target = work / path.relative_to(source)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.unlink(missing_ok=True)
-                shutil.copy(path, target)
-        node = restore_trusted_cells(submitted, references.source[name])
-        return sandboxed(execute, node, work, tests[name.removesuffix(".ipynb")])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    files = read_files(folder)
+    files.update({path: data for path, data in source_files.items()
+                  if not path.endswith(".ipynb")})
+    node = restore_trusted_cells(submitted, references.source[name])
+    return engine.submit(_task(f"{student}/{name}", node, files, name, tests, context))
 
 
 def _clip(text: str, width: int) -> str:

@@ -196,6 +196,11 @@ class Course:
     def db_url(self) -> str:
         return self.config.CourseDirectory.db_url
 
+    def use_database(self, db_url: str) -> None:
+        """Grade into ``db_url`` (``course grade --db``): a relative sqlite path is taken
+        from the course folder, as in nbgrader_config.py."""
+        self.config.CourseDirectory.db_url = _absolute_db_url(db_url, self.root)
+
     @contextmanager
     def gradebook(self) -> Iterator[Any]:
         """nbgrader's ``Gradebook`` on this course's database, closed afterwards."""

@@ -26,10 +26,11 @@ from nbgrader.preprocessors import NbGraderPreprocessor
 from course_lib.grading import cells
 from course_lib.grading.course import CELL_TIMEOUT, GradingError
 from course_lib.grading.instrument import CellPlan, instrument, pure_helpers
-from course_lib.grading.sandbox import NOBODY, Fault, Limits, run_notebook
+from course_lib.grading.sandbox import NOBODY, Fault, Limits, run_notebook, uid_slot
 from course_lib.grading.verdicts import RECORDER, RECORDS_FILE, CellVerdict, judge, parse_records
 
-__all__ = ["GRADING_LIMITS", "Execution", "SandboxedExecute", "TestPlans", "apply_verdicts",
+__all__ = ["GRADING_LIMITS", "Execution", "SandboxedExecute", "TestPlans", "accept_reference",
+           "apply_verdicts",
            "execute", "grading_context", "judge_execution", "restore_trusted_cells"]
 
 # Limits of one graded notebook. The Transformer homework trains for up to ~40 s in one cell
@@ -135,9 +136,13 @@ def execute(node: nbformat.NotebookNode, folder: Path, tests: TestPlans, *,
 
 def reference_run(source: nbformat.NotebookNode, folder: Path, tests: TestPlans, **options
                   ) -> Execution:
-    """Run the solution notebook; its records become ``tests.reference``. A GradingError if
-    any test of the solution fails there: every student would be misgraded."""
-    execution = execute(source, folder, tests, **options)
+    """Run the solution notebook and accept its records (``accept_reference``)."""
+    return accept_reference(execute(source, folder, tests, **options), tests)
+
+
+def accept_reference(execution: Execution, tests: TestPlans) -> Execution:
+    """The solution's run: its records become ``tests.reference``. A GradingError if any test
+    of the solution fails there: every student would be misgraded."""
     tests.reference = execution.records
     failed = [f"{grade_id}: {verdict.reason}" for grade_id, verdict in
               judge_execution(execution, tests).items() if not verdict.passed]
@@ -207,7 +212,6 @@ class _Context:
     limits: Limits
     prefetched: dict[tuple[str, str], Execution]  # (student, notebook) -> a run made earlier
     problems: dict[tuple[str, str], list[str]] = field(default_factory=dict)
-    uid: int | None = NOBODY
     reruns: int = 0  # notebooks run again because nbgrader restored them differently
 
 
@@ -239,9 +243,10 @@ class SandboxedExecute(NbGraderPreprocessor):
         execution = context.prefetched.pop(key, None)
         if execution is None or execution.code != _code(nb):  # nbgrader restored differently
             context.reruns += 1
-            execution = execute(nb, Path(resources["metadata"]["path"]), tests,
-                                limits=context.limits, hidden_paths=context.hidden_paths,
-                                uid=context.uid)
+            with uid_slot() as uid:
+                execution = execute(nb, Path(resources["metadata"]["path"]), tests,
+                                    limits=context.limits, hidden_paths=context.hidden_paths,
+                                    uid=uid)
         # the run's outputs onto nbgrader's own cells (their metadata restored from the
         # gradebook), then the verdicts
         ran = [cell for cell in execution.notebook.cells if cell.cell_type == "code"]

@@ -1,12 +1,12 @@
-"""What ``course grade`` writes to and reads from nbgrader's gradebook: zeros for a submission
-without its notebook, the flag for an instructor's review, each student's result, and a copy of
-the SQLite file to roll back to when nbgrader fails half-way."""
+"""What ``course grade`` writes to and reads from nbgrader's gradebook (SQLite or PostgreSQL,
+through nbgrader's SQLAlchemy models): zeros for a submission without its notebook, the flag
+for an instructor's review, each student's result, and a snapshot of one student's rows to roll
+back to when nbgrader fails half-way."""
 
 from __future__ import annotations
 
 import contextlib
 import shutil
-import sqlite3
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,8 +16,8 @@ from course_lib.grading import cells
 from course_lib.grading.course import Course
 from course_lib.grading.integrity import Finding
 
-__all__ = ["StudentResult", "database_path", "flag_for_review", "read_outputs", "read_result",
-           "record_missing", "restore", "snapshot"]
+__all__ = ["Snapshot", "StudentResult", "database_path", "flag_for_review", "read_outputs",
+           "read_result", "record_missing", "restore", "snapshot"]
 
 
 @dataclass
@@ -118,21 +118,55 @@ def database_path(course: Course) -> Path | None:
     return Path(course.db_url[len(prefix):]) if course.db_url.startswith(prefix) else None
 
 
-def snapshot(course: Course) -> sqlite3.Connection | None:
-    """An in-memory copy of the SQLite gradebook (None for another database)."""
-    path = database_path(course)
-    if path is None or not path.is_file():
-        return None
-    copy = sqlite3.connect(":memory:")
-    with contextlib.closing(sqlite3.connect(path)) as source:
-        source.backup(copy)
-    return copy
+GRADE_COLUMNS = ("auto_score", "manual_score", "extra_credit", "needs_manual_grade")
+COMMENT_COLUMNS = ("auto_comment", "manual_comment")
 
 
-def restore(course: Course, snapshot: sqlite3.Connection | None) -> None:
-    """Put the gradebook back as it was when ``snapshot`` was taken (in one transaction)."""
-    path = database_path(course)
-    if snapshot is None or path is None:
-        return
-    with contextlib.closing(sqlite3.connect(path)) as target:
-        snapshot.backup(target)
+@dataclass
+class Snapshot:
+    """One student's submission of one assignment as it was: None if there was none, else
+    the values of each notebook's grades, comments and flag."""
+
+    notebooks: dict[str, dict] | None
+
+
+def snapshot(course: Course, assignment: str, student: str) -> Snapshot:
+    """What grading ``student`` may change, read before it starts (any database: only that
+    student's rows, so graders writing other students at the same time are left alone)."""
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gradebook:
+        try:
+            submission = gradebook.find_submission(assignment, student)
+        except MissingEntry:
+            return Snapshot(None)
+        return Snapshot({notebook.name: {
+            "flagged": notebook.flagged,
+            "grades": {grade.name: {column: getattr(grade, column) for column in GRADE_COLUMNS}
+                       for grade in notebook.grades},
+            "comments": {comment.name: {column: getattr(comment, column)
+                                        for column in COMMENT_COLUMNS}
+                         for comment in notebook.comments}}
+            for notebook in submission.notebooks})
+
+
+def restore(course: Course, assignment: str, student: str, before: Snapshot) -> None:
+    """Put ``student``'s submission back as ``before`` found it, in one commit."""
+    from nbgrader.api import MissingEntry
+
+    with course.gradebook() as gradebook:
+        if before.notebooks is None:
+            with contextlib.suppress(MissingEntry):
+                gradebook.remove_submission(assignment, student)
+            return
+        submission = gradebook.update_or_create_submission(assignment, student)
+        for notebook in submission.notebooks:
+            saved = before.notebooks.get(notebook.name)
+            if saved is None:
+                continue
+            notebook.flagged = saved["flagged"]
+            for kind, rows in (("grades", notebook.grades), ("comments", notebook.comments)):
+                for row in rows:
+                    for column, value in saved[kind].get(row.name, {}).items():
+                        setattr(row, column, value)
+        gradebook.db.commit()
