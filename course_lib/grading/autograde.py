@@ -230,7 +230,7 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
                 accept_reference(future.result(), tests[name.removesuffix(".ipynb")])
             for student in bar:
                 bar.set_postfix_str(student)
-                lost = _collect(student, notebooks, runs[student], context, retries)
+                lost = _collect(student, notebooks, runs[student], context)
                 with grading_context(context):
                     results.append(_grade_one(course, assignment, student, notebooks, order,
                                               references, context, lost))
@@ -242,8 +242,8 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
     return results
 
 
-def _collect(student: str, notebooks: list[str], futures: list, context: _Context,
-             retries: int) -> str | None:
+def _collect(student: str, notebooks: list[str], futures: list, context: _Context
+             ) -> str | None:
     """Wait for one student's runs and hand them to SandboxedExecute; the reason, if a run
     was lost with the workers running it."""
     for name, future in zip(notebooks, futures, strict=True):
@@ -254,9 +254,9 @@ def _collect(student: str, notebooks: list[str], futures: list, context: _Contex
         except Exception as error:
             if not is_lost_worker(error):
                 raise
-            return (f"not graded: the workers running {name} died {retries + 1} times "
-                    f"(killed, out of memory or lost); rerun `course grade --student "
-                    f"{student}`")
+            return (f"not graded: every worker that ran {name} died while running it "
+                    f"(killed, out of memory or lost; Dask gave up after its allowed retries); "
+                    f"rerun `course grade --student {student}`")
         context.prefetched[(student, name.removesuffix(".ipynb"))] = execution
     return None
 

@@ -96,14 +96,14 @@ class Engine:
         import dask
         from distributed import Client, LocalCluster
 
-        # the scheduler's setting: with --cluster local it runs in this process
-        dask.config.set({"distributed.scheduler.allowed-failures": self.retries})
         try:
             if self.address == "local":
-                self.cluster = LocalCluster(
-                    n_workers=self.jobs, threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
-                    memory_limit=0)  # the sandbox limits each run; its runner is a child
+                # the scheduler's setting (a running scheduler has its own); it runs here
+                with dask.config.set({"distributed.scheduler.allowed-failures": self.retries}):
+                    self.cluster = LocalCluster(
+                        n_workers=self.jobs, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address=None, silence_logs=logging.ERROR,
+                        memory_limit=0)  # the sandbox limits each run; its runner is a child
                 self.client = Client(self.cluster)
             elif self.address.startswith(("tcp://", "tls://")):
                 self.client = Client(self.address, timeout=30)
