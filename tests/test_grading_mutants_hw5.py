@@ -13,21 +13,10 @@ full notebook, BLEU included, is graded by test_grading_assignments.py.
 
 from __future__ import annotations
 
-import contextlib
-import io
-import json
-import shutil
-from pathlib import Path
-
-import nbformat
 import pytest
+from mutants import MutantSuite
 
-from course_lib.cli import main
-from course_lib.grading import cells
-
-REPO = Path(__file__).resolve().parents[1]
 NAME = "hw5_transformer"
-SOURCE = REPO / "solutions" / NAME / f"{NAME}.ipynb"
 FIRST_CUT = "part3_intro"  # the first cell not graded here: part 3 (training, BLEU tiers)
 
 pytestmark = pytest.mark.slow
@@ -194,95 +183,7 @@ CAUGHT_BY = {
     "no_sqrt_d_model_scaling_target_only": "test_model_structure",
     "no_source_mask_in_encoder": "test_model_structure",
 }
-STUDENTS = {"solution": None, **{f"mutant-{n}": n for n in MUTANTS},
-            **{f"rewrite-{n}": n for n in REWRITES}}
 
 
-def copy_of(notebook):
-    return nbformat.from_dict(json.loads(json.dumps(notebook)))
-
-
-def parts_1_and_2(notebook):
-    """The notebook's cells before part 3."""
-    cut = copy_of(notebook)
-    ids = [cells.grade_id(cell) for cell in cut.cells]
-    cut.cells = cut.cells[:ids.index(FIRST_CUT)]
-    return cut
-
-
-def mutated(solution, name: str):
-    cell_id, edits = MUTANTS[name]
-    notebook = copy_of(solution)
-    (cell,) = [c for c in notebook.cells if cells.grade_id(c) == cell_id]
-    for old, new in edits:
-        assert cell.source.count(old) == 1, f"{name}: {old!r} is not once in {cell_id}"
-        cell.source = cell.source.replace(old, new)
-    return notebook
-
-
-def rewritten(solution, name: str):
-    notebook = copy_of(solution)
-    for cell in notebook.cells:
-        new = REWRITES[name].get(cells.grade_id(cell))
-        if new is not None:
-            cell.source = new
-    return notebook
-
-
-@pytest.fixture(scope="module")
-def graded(tmp_path_factory):
-    """student -> grade_id -> score, from one `course grade` run of every mutant and rewrite
-    on parts 1 and 2 of hw5."""
-    root = tmp_path_factory.mktemp("hw5_mutants")
-    solution = parts_1_and_2(nbformat.read(SOURCE, as_version=4))
-    (root / "solutions" / NAME).mkdir(parents=True)
-    nbformat.write(solution, root / "solutions" / NAME / f"{NAME}.ipynb")
-    shutil.copy(REPO / "nbgrader_config.py", root)
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["--root", str(root), "release", NAME]) == 0, out.getvalue()
-    for student, name in STUDENTS.items():
-        notebook = (solution if name is None else mutated(solution, name)
-                    if name in MUTANTS else rewritten(solution, name))
-        folder = root / "submitted" / student / NAME
-        folder.mkdir(parents=True)
-        nbformat.write(notebook, folder / f"{NAME}.ipynb")
-    with contextlib.redirect_stdout(out):
-        code = main(["--root", str(root), "grade", NAME, "--jobs", "2", "--no-progress"])
-    assert code == 0, out.getvalue()
-    from nbgrader.api import Gradebook
-
-    with Gradebook(f"sqlite:///{root}/gradebook.db") as gradebook:
-        return {submission.student.id: {grade.name: grade.score or 0
-                                        for notebook in submission.notebooks
-                                        for grade in notebook.grades}
-                for submission in gradebook.find_assignment(NAME).submissions}
-
-
-def total(scores: dict[str, float]) -> float:
-    return sum(scores.values())
-
-
-def test_every_mutant_says_which_test_catches_it():
-    assert set(CAUGHT_BY) == set(MUTANTS)
-
-
-def test_the_solution_scores_all_55_points_of_parts_1_and_2(graded):
-    assert total(graded["solution"]) == 55, graded["solution"]
-
-
-@pytest.mark.parametrize("name", list(MUTANTS))
-def test_every_mutant_loses_points(graded, name):
-    scores = graded[f"mutant-{name}"]
-    assert total(scores) < 55, f"{name} scores full marks on parts 1 and 2: {scores}"
-    assert scores[CAUGHT_BY[name]] == 0, (
-        f"{name} passes {CAUGHT_BY[name]}, the test meant to catch it: {scores}")
-
-
-@pytest.mark.parametrize("name", list(REWRITES))
-def test_every_honest_rewrite_keeps_full_marks(graded, name):
-    scores = graded[f"rewrite-{name}"]
-    lost = {test: score for test, score in scores.items()
-            if score < graded["solution"][test]}
-    assert not lost, f"{name} lost points in {lost}"
-
+class TestHw5Mutants(MutantSuite):
+    NAME, MUTANTS, REWRITES, CAUGHT_BY, FIRST_CUT = NAME, MUTANTS, REWRITES, CAUGHT_BY, FIRST_CUT
