@@ -53,6 +53,7 @@ from course_lib.grading.gradebook import (
     read_result,
     record_missing,
     restore,
+    setup_lock,
     snapshot,
 )
 from course_lib.grading.integrity import check_submission
@@ -202,9 +203,10 @@ def grade_assignment(course: Course, assignment: str, *, students: list[str] | N
         available = [student for student in available if student in students]
     if not available:
         return []
-    if ensure_in_gradebook(course, assignment):
-        print(f"course grade: recorded {assignment} in the gradebook from "
-              f"{course.source_dir / assignment}", file=sys.stderr)
+    with setup_lock(course):  # another grader may be starting on the same database
+        if ensure_in_gradebook(course, assignment):
+            print(f"course grade: recorded {assignment} in the gradebook from "
+                  f"{course.source_dir / assignment}", file=sys.stderr)
     tests = {name.removesuffix(".ipynb"): TestPlans.from_source(name, references.source[name])
              for name in notebooks}
     context = _Context(tests=tests, hidden_paths=hidden_paths(course),

@@ -137,8 +137,17 @@ def load_config(root: Path) -> Config:
         except Exception as exc:  # a syntax error or a failing import in the instructor's file
             raise GradingError(f"cannot load {path}: {type(exc).__name__}: {exc}") from exc
     config.CourseDirectory.root = str(root)
-    config.CourseDirectory.db_url = _absolute_db_url(config.CourseDirectory.db_url, root)
+    _set_database(config, config.CourseDirectory.db_url, root)
     return config
+
+
+def _set_database(config: Config, db_url: str, root: Path) -> None:
+    """Point ``config`` at ``db_url``. A server database (PostgreSQL) enforces the foreign
+    key from an assignment to its course, which nbgrader leaves empty by default (SQLite does
+    not check it): there the course is nbgrader's own default, "default_course"."""
+    config.CourseDirectory.db_url = _absolute_db_url(db_url, root)
+    if not db_url.startswith("sqlite:") and not config.CourseDirectory.get("course_id"):
+        config.CourseDirectory.course_id = "default_course"
 
 
 def ensure_scripts_on_path() -> None:
@@ -199,7 +208,7 @@ class Course:
     def use_database(self, db_url: str) -> None:
         """Grade into ``db_url`` (``course grade --db``): a relative sqlite path is taken
         from the course folder, as in nbgrader_config.py."""
-        self.config.CourseDirectory.db_url = _absolute_db_url(db_url, self.root)
+        _set_database(self.config, db_url, self.root)
 
     @contextmanager
     def gradebook(self) -> Iterator[Any]:

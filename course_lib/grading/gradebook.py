@@ -6,7 +6,9 @@ back to when nbgrader fails half-way."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,7 +19,7 @@ from course_lib.grading.course import Course
 from course_lib.grading.integrity import Finding
 
 __all__ = ["Snapshot", "StudentResult", "database_path", "flag_for_review", "read_outputs",
-           "read_result", "record_missing", "restore", "snapshot"]
+           "read_result", "record_missing", "restore", "setup_lock", "snapshot"]
 
 
 @dataclass
@@ -111,6 +113,39 @@ def flag_for_review(course: Course, assignment: str, student: str, notebook: str
             comment.manual_comment = note
         submitted.flagged = True
         gradebook.db.commit()
+
+
+SETUP_LOCK = 0x6772616465  # the PostgreSQL advisory lock of set-up ("grade")
+
+
+@contextlib.contextmanager
+def setup_lock(course: Course) -> Iterator[None]:
+    """Hold the gradebook's set-up lock: one grader at a time creates nbgrader's tables and
+    records an assignment (two graders starting on an empty database would both try).
+    PostgreSQL: an advisory lock on its own connection; SQLite: a lock file beside the
+    database; other databases: none."""
+    path = database_path(course)
+    if course.db_url.startswith("postgresql"):
+        from sqlalchemy import create_engine, text
+
+        engine = create_engine(course.db_url)
+        try:
+            with engine.connect() as connection:
+                connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": SETUP_LOCK})
+                try:
+                    yield
+                finally:
+                    connection.execute(text("SELECT pg_advisory_unlock(:key)"),
+                                       {"key": SETUP_LOCK})
+        finally:
+            engine.dispose()
+    elif path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(f"{path}.setup-lock", "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+    else:
+        yield
 
 
 def database_path(course: Course) -> Path | None:
