@@ -3,8 +3,9 @@
 
     python3 bootstrap.py            # set up .venv (idempotent, fast when nothing changed)
     python3 bootstrap.py build      # set up, then execute the lessons and build the course
-    python3 bootstrap.py test       # set up (and Debian's chromium for the browser test),
-                                    # then lint and run the whole test suite
+    python3 bootstrap.py test       # set up (and Debian's chromium, postgresql and
+                                    # bubblewrap for the browser, gradebook and sandbox
+                                    # tests), then lint and run the whole test suite
     python3 bootstrap.py test -- -k bleu   # arguments after -- go to pytest
 
 Options: --venv PATH (default .venv), --no-venv (install into the running interpreter, e.g. an
@@ -78,31 +79,45 @@ def setup(venv_dir: Path | None) -> Path:
     return python
 
 
-def ensure_chromium() -> None:
-    """Install Debian's chromium for the JupyterLab browser test, where it is missing.
+# Debian packages the tests need, by the file that shows each is installed: chromium for the
+# JupyterLab browser test, PostgreSQL for the gradebook server test, bubblewrap for the
+# grading sandbox's allow-list view.
+DEBIAN_PACKAGES = {
+    "chromium": ("/usr/bin/chromium", "/usr/bin/chromium-browser"),
+    "postgresql": ("/usr/lib/postgresql",),
+    "bubblewrap": ("/usr/bin/bwrap",),
+}
 
-    Playwright's own browser download needs the internet; Debian's package comes from the
-    package registry. Needs root and apt-get; elsewhere it says what to do and the test skips.
+
+def ensure_debian_packages() -> None:
+    """Install the missing packages of DEBIAN_PACKAGES with apt-get, in one go.
+
+    They come from the package registry (Playwright's own browser download would need the
+    internet). Needs root (or sudo) and apt-get; elsewhere it says what to do, and the tests
+    that need them skip (outside CI: in CI, the grading tests fail without them).
     """
-    if any(Path(p).is_file() for p in ("/usr/bin/chromium", "/usr/bin/chromium-browser")):
+    missing = [name for name, paths in DEBIAN_PACKAGES.items()
+               if not any(Path(path).exists() for path in paths)]
+    if not missing:
         return
+    command = "apt-get install " + " ".join(missing)
     if not shutil.which("apt-get") or not hasattr(os, "geteuid"):
-        print("note: the browser test needs Chromium; install it and set COURSE_CHROMIUM to "
-              "its path (it skips otherwise).", flush=True)
+        print(f"note: some tests need Debian's {', '.join(missing)}: `{command}` (or set "
+              "COURSE_CHROMIUM to a Chromium); they skip otherwise.", flush=True)
         return
     prefix = [] if os.geteuid() == 0 else ["sudo", "-n"]
     if prefix and not shutil.which("sudo"):
-        print("note: the browser test needs Debian's chromium: run `sudo apt-get install "
-              "chromium` (it skips otherwise).", flush=True)
+        print(f"note: run `sudo {command}` (the tests that need them skip otherwise).",
+              flush=True)
         return
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
     try:
         run(prefix + ["apt-get", "update", "-qq"], env=env)
-        run(prefix + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "chromium"],
+        run(prefix + ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
             env=env)
     except (subprocess.CalledProcessError, OSError) as exc:
-        print(f"note: could not install chromium ({exc}); the browser test will skip.",
-              flush=True)
+        print(f"note: could not install {', '.join(missing)} ({exc}); the tests that need "
+              "them will skip.", flush=True)
 
 
 def env_with_bin(python: Path) -> dict[str, str]:
@@ -131,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         return subprocess.run([str(python), "-m", "course_lib.cli", "build", *extra],
                               env=env, cwd=ROOT).returncode
     if args.job == "test":
-        ensure_chromium()
+        ensure_debian_packages()
         code = subprocess.run([str(python), "-m", "pytest", *extra], env=env, cwd=ROOT).returncode
         if code == 5:
             print("pytest collected no tests: that counts as a failure.", file=sys.stderr)
