@@ -1,67 +1,56 @@
 """Run one student notebook in a sandboxed process, with limits, and report faults as data.
 
     limits.py      what a run may use (Limits) and what it reports (Fault, SandboxResult)
-    isolation.py   namespaces, the fresh folder, the environment, rlimits, the runner's command
+    view.py        what a run sees: the allow-list that bubblewrap (bwrap) builds
+    isolation.py   whether bwrap works here, uids, the staging folder, environment, rlimits
     supervisor.py  the parent's side: feeds cells, reads outputs, enforces limits, one method
                    per event
     runner.py      the child's side, started as ``python -I runner.py FD``: runs the cells in
                    IPython's InteractiveShell
 
-``run_notebook(notebook, files=folder)`` copies the submission's folder into a fresh working
-directory, starts a plain Python runner there (IPython's ``InteractiveShell``, no Jupyter kernel,
-no ZeroMQ) under resource limits, feeds it the code cells one at a time as JSON on stdin, and
-reads outputs back as JSON lines on a private pipe. It returns the executed notebook (the outputs
-of every cell that completed) and a ``Fault`` (or None) saying why execution stopped.
+``run_notebook(notebook, files=folder)`` stages the submission's files, starts a plain Python
+runner inside bubblewrap's view (IPython's ``InteractiveShell``, no Jupyter kernel, no ZeroMQ)
+under resource limits, feeds it the code cells one at a time as JSON on stdin, and reads outputs
+back as JSON lines on a private pipe. It returns the executed notebook (the outputs of every
+cell that completed) and a ``Fault`` (or None) saying why execution stopped.
 
 Threat model: the submission's code is hostile and runs with whatever the runner can do.
 
-Defended (on Linux as root, or where unprivileged user namespaces are allowed):
-- *Working directory*: fresh, holding only the files given; ``HOME`` and ``TMPDIR`` inside it;
-  environment scrubbed to ``PATH`` (venv bin first), ``HOME``, ``TMPDIR``, locale and a few
-  thread/backend settings: no grader paths, no tokens.
-- *Network*: a new network namespace (``unshare --net``) whose only interface, loopback, is down:
-  no connection anywhere, not even to the grader's 127.0.0.1.
-- *Processes*: a new PID namespace (``sh`` as its PID 1, the runner its child, so that a cell
-  can still die of its own signals) with a fresh ``/proc``: the grader's processes and their
-  command lines are invisible, and when the sandbox ends the kernel kills every process in it,
-  including ones that called ``setsid`` or double-forked; ``killpg`` is used as well.
-- *Files outside*: as root, the runner switches to an unprivileged uid (``nobody`` by default), so
-  mode-0600 files and root-only folders are unreadable, and every path in ``hidden_paths`` (the
-  gradebook, ``source/``, ``solutions/``, other students' folders) is covered inside a private
-  mount namespace: folders by an empty read-only tmpfs, files by ``/dev/null``. Where the
-  interpreter lives in a folder that uid cannot enter (pyenv under ``/root``), that folder is
-  covered by a tmpfs too and only the interpreter's prefix is bound back, read-only.
-- *Resources*: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (largest file written),
-  ``RLIMIT_NOFILE``, ``RLIMIT_NPROC`` (enforced only for a non-root uid: Linux exempts root, so it
-  counts only once privileges are dropped, and it counts every process of that uid on the
-  machine, i.e. parallel sandboxes under the same uid share it: give each job its own ``uid``);
-  wall-clock time per cell and per notebook, enforced by the parent, which kills the whole group.
-- *Output*: stdout, stderr and rich outputs are counted while they are read, in chunks; storing
-  stops at ``max_output_bytes`` and the sandbox is killed: a flood never reaches memory or disk.
-- *Faults*: timeout, memory exhaustion (``MemoryError``), a crash (``os._exit``, a signal, a
-  segfault, the OOM killer), an output flood or an unreadable notebook become a ``Fault`` with the
-  cell index and a readable message; the outputs of earlier cells are kept.
+Defended (on Linux with Debian's ``bubblewrap``, as root or where unprivileged user namespaces
+are allowed):
+- *What it sees* (``view.py``): an allow-list, not a list of hidden paths. Its working folder
+  on a private tmpfs; read-only, the system's ``/usr``, a few ``/etc`` files, the Python
+  installation, the environment and ``course_lib``'s own folder (an editable install's
+  repository stays out); a fresh ``/proc`` and a minimal ``/dev``. Nothing else: not the course
+  folder, the gradebook, ``solutions/`` of any checkout, ``/root`` or ``/home``.
+  ``hidden_paths`` are covered too where an allowed folder holds one.
+- *Environment*: scrubbed to ``PATH`` (venv bin first), ``HOME``, ``TMPDIR``, locale and a few
+  thread/backend settings: no grader paths, no tokens, no database URL.
+- *Network*: a network namespace with only loopback: nothing reaches the grader's 127.0.0.1.
+- *Processes*: a PID namespace (bwrap's init as PID 1, so a cell can die of its own signals):
+  the grader's processes and command lines are invisible, and when the run ends (or the grader
+  or its Dask worker dies: ``--die-with-parent``) every process in it is killed.
+- *Privileges*: as root, the runner switches to an unprivileged uid (``uid_slot``: one per
+  concurrent run on the machine, since ``RLIMIT_NPROC`` counts per uid).
+- *Resources*: ``RLIMIT_AS`` (memory), ``RLIMIT_CPU``, ``RLIMIT_FSIZE`` (largest file),
+  ``RLIMIT_NOFILE``, ``RLIMIT_NPROC``; *disk*: everything it writes (``/tmp`` and its folder)
+  lives on one tmpfs of ``max_disk_bytes``, and ENOSPC stops the run as a ``disk`` fault; the
+  only host file it writes is the records file (one file, capped by ``RLIMIT_FSIZE``);
+  wall-clock time per cell and per notebook, enforced by the parent.
+- *Output*: counted while it is read; storing stops at ``max_output_bytes``, the run is killed.
+- *Faults*: timeout, memory, disk, a crash, an output flood or an unreadable notebook become a
+  ``Fault`` with the cell index and a readable message; earlier cells keep their outputs.
 
 Not defended here:
-- *Verdicts*: the runner's outputs are whatever the student's code wants them to be (it shares the
-  runner's process and can write to the protocol pipe, patch ``assert``, return objects whose
-  ``__eq__`` is always True). Grades must be decided elsewhere, from plain data the submission
-  exports (numbers, arrays), in a process the submission cannot reach. This module isolates; it
-  does not judge.
-- *The runner's own channels*: cell code shares the runner's process, so it can read the next
-  cell from stdin (skipping it) or write forged messages to the private pipe (faking outputs or
-  corrupting the stream, which ends the run as ``killed``). Both only change outputs, which are
-  untrusted anyway.
-- *Without namespaces* (non-Linux, or a non-root user where user namespaces are disabled) the
-  runner still gets the fresh directory, the scrubbed environment, rlimits, timeouts and the output
-  cap, but it keeps the network and can read every file the grader's uid can read, by absolute
-  path: hiding then rests only on the paths not being disclosed; a child that calls ``setsid``
-  escapes the process-group kill; ``RLIMIT_NPROC`` counts the grader's own processes.
-  ``SandboxResult`` reports which protections were in force (``network_isolated``,
-  ``paths_hidden``, ``privileges_dropped``); ``namespace_support()`` probes once per process.
-- *Disk*: ``RLIMIT_FSIZE`` caps each file, not the number of files; the working directory lives
-  on the grader's temporary file system. Reads of world-readable system files (``/etc``, the venv,
-  the course library, which notebooks import) stay possible by design.
+- *Verdicts*: the runner's outputs are whatever the student's code wants them to be. Grades are
+  decided elsewhere, from plain data, in a process the submission cannot reach.
+- *The runner's own channels*: cell code shares the runner's process (it can skip cells or
+  forge messages); both only change outputs, which are untrusted anyway.
+- *Without bubblewrap* (not installed, non-Linux, or a non-root grader where user namespaces
+  are disabled) the runner still gets a fresh folder, the scrubbed environment, rlimits,
+  timeouts and the output cap, but it sees every file the grader's uid can read, keeps the
+  network, and its writes are not capped in total. ``missing_isolation()`` says so, and
+  ``course grade`` prints it at the start of a run; ``SandboxResult`` reports what was in force.
 - *CPU share and memory bandwidth* of other jobs (no cgroups); a kernel exploit.
 """
 
