@@ -146,6 +146,9 @@ def accept_reference(execution: Execution, tests: TestPlans) -> Execution:
     tests.reference = execution.records
     failed = [f"{grade_id}: {verdict.reason}" for grade_id, verdict in
               judge_execution(execution, tests).items() if not verdict.passed]
+    failed += [f"{cells.grade_id(cell)}: {cells.first_error(cell)}"
+               for cell in execution.notebook.cells
+               if cells.is_test_cell(cell) and cells.first_error(cell) is not None]
     if execution.fault is not None or failed:
         problems = ([f"it stopped: {execution.fault.message}"] if execution.fault else []) + failed
         raise GradingError(f"the solution notebook {tests.notebook} does not pass its own "

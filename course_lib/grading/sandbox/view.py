@@ -8,7 +8,8 @@ view. Inside it, a submission sees
 - read-only: the system's programs and libraries (``/usr`` and its merged-``/usr`` links), a few
   files of ``/etc`` that libc and Python read, the Python installation (``sys.base_prefix``),
   the environment (``sys.prefix``, which may sit inside the course repository: only it is
-  bound, not its parent), and each package of ``PACKAGES`` at the folder it is imported from;
+  bound, not its parent), each package of ``PACKAGES`` at the folder it is imported from, and
+  the files of ``BESIDE`` next to it (``grading_policy.toml``);
 - a fresh ``/proc`` of its own PID namespace, a minimal ``/dev``, no network (a network
   namespace with only loopback), its own IPC and host name.
 Nothing else: not the course folder, not ``solutions/`` of this or any other checkout, not the
@@ -32,6 +33,9 @@ SYSTEM = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/localtime", "/etc/passwd",
              "/etc/group", "/etc/nsswitch.conf", "/etc/hosts", "/etc/fonts")
 PACKAGES = ("course_lib",)  # packages homework imports that may live outside site-packages
+# files a package reads from the folder above it: course_lib.grading.no_reference reads the
+# course's grading_policy.toml (the no-reference rule, which students are told anyway)
+BESIDE = {"course_lib": ("grading_policy.toml",)}
 
 
 def package_folders(names=PACKAGES) -> list[Path]:
@@ -47,8 +51,11 @@ def package_folders(names=PACKAGES) -> list[Path]:
 def allowed_paths() -> list[Path]:
     """Every folder bound read-only into the view besides the system's: the interpreter, the
     environment and the packages of ``PACKAGES``, each also at its resolved path."""
-    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).parent,
-             *package_folders()]
+    paths = [Path(sys.base_prefix), Path(sys.prefix), Path(sys.executable).parent]
+    for name in PACKAGES:
+        folders = package_folders([name])
+        paths += folders + [folder.parent / file for folder in folders
+                            for file in BESIDE.get(name, ())]
     unique: list[Path] = []
     for path in paths + [path.resolve() for path in paths]:
         if path.exists() and path not in unique:
