@@ -3,7 +3,8 @@
 A *mutant* is the homework's solution with one small edit of an answer cell, a mistake students
 make (a wrong softmax axis, a missing dropout, a brevity penalty inverted). A *rewrite* is other,
 honest code for the same answer (einsum, a hand-written softmax). A test module subclasses
-`MutantSuite` as `Test...`, names the homework and lists both; the suite then grades the
+`MutantSuite` (or binds `mutant_suite(...)` to a name `Test...`), names the homework and lists
+both; the suite then grades the
 solution, every mutant and every rewrite as students of ONE `course grade --jobs 2` run (sandbox,
 integrity checks, verdicts judged outside the notebook) and requires that
 
@@ -149,3 +150,11 @@ class MutantSuite:
         lost = {test: score for test, score in scores.items()
                 if score < graded["solution"][test]}
         assert not lost, f"{rewrite} lost points in {lost}"
+
+
+def mutant_suite(name: str, mutants: dict[str, Edits], rewrites: dict[str, dict[str, str]],
+                 caught_by: dict[str, str], first_cut: str | None = None) -> type[MutantSuite]:
+    """The MutantSuite of homework ``name``; bind it to a module-level name ``Test...``."""
+    return type("TestMutants", (MutantSuite,), {
+        "NAME": name, "MUTANTS": mutants, "REWRITES": rewrites, "CAUGHT_BY": caught_by,
+        "FIRST_CUT": first_cut})

@@ -14,7 +14,7 @@ precisions, early stopping greedy decoding, a heap-based beam search.
 from __future__ import annotations
 
 import pytest
-from mutants import MutantSuite
+from mutants import mutant_suite
 
 pytestmark = pytest.mark.slow
 
@@ -192,7 +192,4 @@ CAUGHT_BY = {
     "beam_length_without_eos": "test_beam_reference",
 }
 
-
-class TestHw2Mutants(MutantSuite):
-    NAME = "hw2_bleu_decoding"
-    MUTANTS, REWRITES, CAUGHT_BY = MUTANTS, REWRITES, CAUGHT_BY
+TestHw2Mutants = mutant_suite("hw2_bleu_decoding", MUTANTS, REWRITES, CAUGHT_BY)

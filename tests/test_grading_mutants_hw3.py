@@ -13,7 +13,7 @@ preallocated tensors.
 from __future__ import annotations
 
 import pytest
-from mutants import MutantSuite
+from mutants import mutant_suite
 
 pytestmark = pytest.mark.slow
 
@@ -191,7 +191,4 @@ CAUGHT_BY = {
     "bahdanau_dropout_not_passed": "test_bahdanau_dropout",
 }
 
-
-class TestHw3Mutants(MutantSuite):
-    NAME = "hw3_attention"
-    MUTANTS, REWRITES, CAUGHT_BY = MUTANTS, REWRITES, CAUGHT_BY
+TestHw3Mutants = mutant_suite("hw3_attention", MUTANTS, REWRITES, CAUGHT_BY)

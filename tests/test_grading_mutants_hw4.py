@@ -15,7 +15,7 @@ rsqrt.
 from __future__ import annotations
 
 import pytest
-from mutants import MutantSuite
+from mutants import mutant_suite
 
 pytestmark = pytest.mark.slow
 
@@ -222,7 +222,4 @@ CAUGHT_BY = {
     "layernorm_without_gamma_beta": "test_layernorm_matches_torch",
 }
 
-
-class TestHw4Mutants(MutantSuite):
-    NAME = "hw4_multihead"
-    MUTANTS, REWRITES, CAUGHT_BY = MUTANTS, REWRITES, CAUGHT_BY
+TestHw4Mutants = mutant_suite("hw4_multihead", MUTANTS, REWRITES, CAUGHT_BY)

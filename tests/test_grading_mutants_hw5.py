@@ -14,7 +14,7 @@ full notebook, BLEU included, is graded by test_grading_assignments.py.
 from __future__ import annotations
 
 import pytest
-from mutants import MutantSuite
+from mutants import mutant_suite
 
 NAME = "hw5_transformer"
 FIRST_CUT = "part3_intro"  # the first cell not graded here: part 3 (training, BLEU tiers)
@@ -184,6 +184,4 @@ CAUGHT_BY = {
     "no_source_mask_in_encoder": "test_model_structure",
 }
 
-
-class TestHw5Mutants(MutantSuite):
-    NAME, MUTANTS, REWRITES, CAUGHT_BY, FIRST_CUT = NAME, MUTANTS, REWRITES, CAUGHT_BY, FIRST_CUT
+TestHw5Mutants = mutant_suite(NAME, MUTANTS, REWRITES, CAUGHT_BY, FIRST_CUT)
